@@ -1,0 +1,37 @@
+# Set-up and everyday commands. Everything a fresh machine lacks is installed by these targets:
+# a virtualenv from the pinned requirements, Azurite from npm into node_modules/.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+AZURITE := node_modules/.bin/azurite
+AZURITE_DIR := .azurite
+
+.PHONY: install run test lint clean azurite
+
+install: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Azurite alone on its default ports (10000-10002), data kept in .azurite/.
+azurite: node_modules/.installed
+	$(AZURITE) --silent --disableTelemetry --skipApiVersionCheck --location $(AZURITE_DIR)
+
+run: install
+	$(PY) -m tools.run_local
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .venv-worker node_modules $(AZURITE_DIR) .pytest_cache .ruff_cache

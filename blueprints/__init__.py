@@ -1,0 +1,1 @@
+"""Function blueprints, one module per area; `function_app.py` registers them."""

@@ -1,0 +1,13 @@
+"""Entry point of the function app: creates the Durable app and registers each area's blueprint.
+
+No business logic lives here; see `blueprints/` (functions) and `shared/` (logic).
+"""
+import azure.durable_functions as df
+import azure.functions as func
+
+from blueprints import health
+
+app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+for blueprint in (health.bp,):
+    app.register_functions(blueprint)

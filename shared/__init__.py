@@ -1,0 +1,1 @@
+"""Business logic of the VM pool orchestrator; importable without azure.functions."""

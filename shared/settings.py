@@ -1,0 +1,244 @@
+"""Every app setting the function app reads, typed, in one place.
+
+App settings reach Python as environment variables (from `local.settings.json` locally, from
+the app's configuration in Azure). Reading them here, once, means a missing or malformed value
+fails with a message naming the setting instead of surfacing later as a confusing error deep
+inside a trigger.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SettingError(ValueError):
+    """A setting is missing or malformed; `name` is the setting's name."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"setting {name}: {message}")
+        self.name = name
+
+
+# --- parsers: each turns the raw string into a typed value or raises ValueError ---------------
+
+_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")
+_TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a number from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def parse_container_name(raw: str) -> str:
+    """Blob containers and queues share the same naming rule."""
+    value = raw.strip()
+    if not _NAME_RE.match(value) or "--" in value:
+        raise ValueError(
+            f"{raw!r} is not a valid name (3-63 lowercase letters, digits and single hyphens)")
+    return value
+
+
+def parse_table_name(raw: str) -> str:
+    value = raw.strip()
+    if not _TABLE_RE.match(value):
+        raise ValueError(f"{raw!r} is not a valid table name (3-63 letters and digits)")
+    return value
+
+
+def parse_actions(raw: str) -> tuple[str, ...]:
+    """`process` or `extract,transform`: the steps each file goes through, in order."""
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not names:
+        raise ValueError("expected at least one action name")
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            raise ValueError(f"action name {name!r} may only hold letters, digits, _ and -")
+    return names
+
+
+def parse_text(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def parse_ncrontab(raw: str) -> str:
+    """Six-field NCRONTAB (seconds first), as the Functions timer trigger reads it."""
+    from cronsim import CronSim, CronSimError  # noqa: PLC0415 - keep import cost off start-up
+
+    value = raw.strip()
+    parts = value.split()
+    if len(parts) != 6:
+        raise ValueError(f"expected six NCRONTAB fields (seconds first), got {len(parts)}")
+    try:
+        from datetime import datetime, timezone  # noqa: PLC0415
+
+        CronSim(value, datetime.now(timezone.utc))
+    except CronSimError as exc:
+        raise ValueError(f"{raw!r} is not a valid schedule: {exc}") from None
+    return value
+
+
+# --- the settings ----------------------------------------------------------------------------
+
+
+def _setting(env_name: str, parse: Callable[[str], Any], default: str | None = None,
+             secret: bool = False) -> Any:
+    """Declare a dataclass field bound to an app setting; `default=None` makes it required."""
+    return field(metadata={"env": env_name, "parse": parse, "default": default, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The app's configuration. Build it with `Settings.from_env()`."""
+
+    storage_connection: str = _setting("STORAGE_CONNECTION", parse_text, "AzureWebJobsStorage")
+    taskhub_name: str = _setting("TASKHUB_NAME", parse_table_name, "vmpool")
+
+    data_container: str = _setting("DATA_CONTAINER", parse_container_name, "data")
+    results_container: str = _setting("RESULTS_CONTAINER", parse_container_name, "results")
+    archive_container: str = _setting("ARCHIVE_CONTAINER", parse_container_name, "archive")
+    failed_container: str = _setting("FAILED_CONTAINER", parse_container_name, "failed")
+    work_queue: str = _setting("WORK_QUEUE", parse_container_name, "work")
+
+    vm_table: str = _setting("VM_TABLE", parse_table_name, "tblvm")
+    log_table: str = _setting("LOG_TABLE", parse_table_name, "tbllog")
+    result_table: str = _setting("RESULT_TABLE", parse_table_name, "tblresult")
+    run_table: str = _setting("RUN_TABLE", parse_table_name, "tblrun")
+    change_table: str = _setting("CHANGE_TABLE", parse_table_name, "tblchange")
+
+    pool_backend: str = _setting("POOL_BACKEND", _choice("local", "azure", "external"), "local")
+    pool_vms: str = _setting("POOL_VMS", parse_text, "vm01..vm03")
+    pool_max_running: int = _setting("POOL_MAX_RUNNING", _int_range(0, 1000), "10")
+    vm_slots: int = _setting("VM_SLOTS", _int_range(1, 256), "1")
+    boot_timeout_seconds: int = _setting("BOOT_TIMEOUT_SECONDS", _int_range(10, 7200), "600")
+    idle_cooldown_seconds: int = _setting("IDLE_COOLDOWN_SECONDS", _int_range(0, 86400), "120")
+    heartbeat_timeout_seconds: int = _setting(
+        "HEARTBEAT_TIMEOUT_SECONDS", _int_range(10, 86400), "300")
+
+    pipeline_actions: tuple[str, ...] = _setting("PIPELINE_ACTIONS", parse_actions, "process")
+    job_timeout_seconds: int = _setting("JOB_TIMEOUT_SECONDS", _int_range(10, 604800), "3600")
+    max_attempts: int = _setting("MAX_ATTEMPTS", _int_range(1, 20), "3")
+    retry_backoff_seconds: float = _setting(
+        "RETRY_BACKOFF_SECONDS", _float_range(0, 3600), "30")
+    keep_originals: bool = _setting("KEEP_ORIGINALS", parse_bool, "true")
+
+    collect_schedule: str = _setting("COLLECT_SCHEDULE", parse_ncrontab, "0 0 */4 * * *")
+    collect_source: str = _setting("COLLECT_SOURCE", parse_text, "sample")
+    scaler_schedule: str = _setting("SCALER_SCHEDULE", parse_ncrontab, "*/30 * * * * *")
+    blob_trigger_source: str = _setting(
+        "BLOB_TRIGGER_SOURCE", _choice("logsandcontainerscan", "eventgrid"),
+        "LogsAndContainerScan")
+
+    callback_signing_key: str = _setting("CALLBACK_SIGNING_KEY", parse_text, secret=True)
+    check_caller_ip: bool = _setting("CHECK_CALLER_IP", parse_bool, "false")
+    max_body_bytes: int = _setting("MAX_BODY_BYTES", _int_range(1024, 100 * 1024 * 1024),
+                                   str(1024 * 1024))
+
+    azure_subscription_id: str = _setting("AZURE_SUBSCRIPTION_ID", str, "")
+    pool_resource_group: str = _setting("POOL_RESOURCE_GROUP", str, "")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every setting; raise `SettingError` naming the first bad one."""
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            meta = f.metadata
+            raw = source.get(meta["env"])
+            if raw is None or (raw.strip() == "" and meta["default"] is not None):
+                raw = meta["default"]
+            if raw is None:
+                raise SettingError(meta["env"], "is required but not set")
+            try:
+                values[f.name] = meta["parse"](raw)
+            except ValueError as exc:
+                raise SettingError(meta["env"], str(exc)) from None
+        return cls(**values)
+
+    def describe(self) -> dict[str, str]:
+        """Setting names and values for logs, with secrets masked."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.metadata["env"]] = "***" if f.metadata["secret"] else str(value)
+        return out
+
+    def containers(self) -> tuple[str, ...]:
+        return (self.data_container, self.results_container, self.archive_container,
+                self.failed_container)
+
+    def queues(self) -> tuple[str, ...]:
+        return (self.work_queue, f"{self.work_queue}-poison")
+
+    def tables(self) -> tuple[str, ...]:
+        return (self.vm_table, self.log_table, self.result_table, self.run_table,
+                self.change_table)
+
+
+def setting_names() -> list[str]:
+    """Every app setting name the app reads (used by infra checks)."""
+    return [f.metadata["env"] for f in fields(Settings)]
+
+
+_cached: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """Settings of this process, read once."""
+    global _cached
+    if _cached is None:
+        _cached = Settings.from_env()
+    return _cached
+
+
+def reset_settings_cache() -> None:
+    global _cached
+    _cached = None

@@ -1,0 +1,172 @@
+"""Blob, queue and table clients built the way the Functions host reads a connection.
+
+A connection named `CONN` (default `AzureWebJobsStorage`) is either
+- a connection string in the setting `CONN` (Azurite locally: `UseDevelopmentStorage=true`), or
+- identity-based: `CONN__blobServiceUri`, `CONN__queueServiceUri`, `CONN__tableServiceUri`
+  (or `CONN__accountName`, from which the public-cloud URIs are derived), with
+  `CONN__credential=managedidentity` and an optional `CONN__clientId` for a user-assigned
+  identity. Without `__credential`, `DefaultAzureCredential` is used (developer sign-in).
+
+Queue messages are base64 text, as the Functions queue trigger expects.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import TableServiceClient
+from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import (
+    QueueClient,
+    QueueServiceClient,
+    TextBase64DecodePolicy,
+    TextBase64EncodePolicy,
+)
+
+from shared.settings import Settings
+
+# Azurite's published development account; the key is public and the same everywhere.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
+               "KBHBeksoGMGw==")
+
+
+class StorageConfigError(ValueError):
+    """The storage connection settings are missing or inconsistent; names the setting."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"setting {name}: {message}")
+        self.name = name
+
+
+def azurite_connection_string(host: str = "127.0.0.1", blob_port: int = 10000,
+                              queue_port: int = 10001, table_port: int = 10002) -> str:
+    """The connection string of an Azurite instance on the given ports."""
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint=http://{host}:{blob_port}/{AZURITE_ACCOUNT};"
+        f"QueueEndpoint=http://{host}:{queue_port}/{AZURITE_ACCOUNT};"
+        f"TableEndpoint=http://{host}:{table_port}/{AZURITE_ACCOUNT};"
+    )
+
+
+@dataclass(frozen=True)
+class StorageConnection:
+    """A resolved connection: either a connection string or three service URIs + credential."""
+
+    name: str
+    connection_string: str | None = None
+    blob_uri: str | None = None
+    queue_uri: str | None = None
+    table_uri: str | None = None
+    credential_kind: str | None = None
+    client_id: str | None = None
+
+    @classmethod
+    def from_env(cls, name: str = "AzureWebJobsStorage",
+                 env: Mapping[str, str] | None = None) -> StorageConnection:
+        source = os.environ if env is None else env
+        conn = (source.get(name) or "").strip()
+        if conn:
+            if conn == "UseDevelopmentStorage=true":
+                conn = azurite_connection_string()
+            if "=" not in conn:
+                raise StorageConfigError(name, "is not a storage connection string")
+            return cls(name=name, connection_string=conn)
+        account = (source.get(f"{name}__accountName") or "").strip()
+        uris = {}
+        for service in ("blob", "queue", "table"):
+            key = f"{name}__{service}ServiceUri"
+            value = (source.get(key) or "").strip()
+            if not value and account:
+                value = f"https://{account}.{service}.core.windows.net"
+            if not value:
+                raise StorageConfigError(
+                    key if not account else f"{name}__accountName",
+                    f"is required: set {name} to a connection string, or {name}__accountName,"
+                    f" or {name}__blobServiceUri/__queueServiceUri/__tableServiceUri")
+            if not value.startswith(("https://", "http://")):
+                raise StorageConfigError(key, f"must be an http(s) URI, got {value!r}")
+            uris[service] = value.rstrip("/")
+        credential = (source.get(f"{name}__credential") or "").strip().lower() or None
+        if credential not in (None, "managedidentity"):
+            raise StorageConfigError(f"{name}__credential",
+                                     f"only 'managedidentity' is supported, got {credential!r}")
+        return cls(name=name, blob_uri=uris["blob"], queue_uri=uris["queue"],
+                   table_uri=uris["table"], credential_kind=credential,
+                   client_id=(source.get(f"{name}__clientId") or "").strip() or None)
+
+    def credential(self) -> Any:
+        """The azure-identity credential for identity-based connections."""
+        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential  # noqa: PLC0415
+
+        if self.credential_kind == "managedidentity":
+            return ManagedIdentityCredential(client_id=self.client_id)
+        if self.client_id:
+            return DefaultAzureCredential(managed_identity_client_id=self.client_id)
+        return DefaultAzureCredential()
+
+    def blob_service(self) -> BlobServiceClient:
+        if self.connection_string:
+            return BlobServiceClient.from_connection_string(self.connection_string)
+        return BlobServiceClient(self.blob_uri, credential=self.credential())
+
+    def queue_service(self) -> QueueServiceClient:
+        if self.connection_string:
+            return QueueServiceClient.from_connection_string(self.connection_string)
+        return QueueServiceClient(self.queue_uri, credential=self.credential())
+
+    def table_service(self) -> TableServiceClient:
+        if self.connection_string:
+            return TableServiceClient.from_connection_string(self.connection_string)
+        return TableServiceClient(self.table_uri, credential=self.credential())
+
+    def queue(self, queue_name: str) -> QueueClient:
+        """A queue client that reads and writes base64 text, like the Functions host."""
+        policies = {"message_encode_policy": TextBase64EncodePolicy(),
+                    "message_decode_policy": TextBase64DecodePolicy()}
+        if self.connection_string:
+            return QueueClient.from_connection_string(self.connection_string, queue_name,
+                                                      **policies)
+        return QueueClient(self.queue_uri, queue_name, credential=self.credential(), **policies)
+
+
+def connection_for(settings: Settings, env: Mapping[str, str] | None = None) -> StorageConnection:
+    return StorageConnection.from_env(settings.storage_connection, env)
+
+
+def ensure_resources(settings: Settings, conn: StorageConnection) -> dict[str, list[str]]:
+    """Create the containers, queues and tables the app needs; safe to call any number of times.
+
+    Returns what was newly created, so callers can log it.
+    """
+    created: dict[str, list[str]] = {"containers": [], "queues": [], "tables": []}
+    blobs = conn.blob_service()
+    for name in settings.containers():
+        try:
+            blobs.create_container(name)
+            created["containers"].append(name)
+        except ResourceExistsError:
+            pass
+    queues = conn.queue_service()
+    # An existing queue answers 204 rather than 409, so look before creating.
+    existing = {q.name for q in queues.list_queues()}
+    for name in settings.queues():
+        if name in existing:
+            continue
+        try:
+            queues.create_queue(name)
+            created["queues"].append(name)
+        except ResourceExistsError:
+            pass
+    tables = conn.table_service()
+    for name in settings.tables():
+        try:
+            tables.create_table(name)
+            created["tables"].append(name)
+        except ResourceExistsError:
+            pass
+    return created

@@ -1,0 +1,1 @@
+"""Local developer tools: Azurite launcher, local run, worker indexing."""
