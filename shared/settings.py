@@ -153,6 +153,7 @@ class Settings:
     result_table: str = _setting("RESULT_TABLE", parse_table_name, "tblresult")
     run_table: str = _setting("RUN_TABLE", parse_table_name, "tblrun")
     change_table: str = _setting("CHANGE_TABLE", parse_table_name, "tblchange")
+    claim_table: str = _setting("CLAIM_TABLE", parse_table_name, "tblclaim")
 
     pool_backend: str = _setting("POOL_BACKEND", _choice("local", "azure", "external"), "local")
     pool_vms: str = _setting("POOL_VMS", parse_text, "vm01..vm03")
@@ -220,7 +221,7 @@ class Settings:
 
     def tables(self) -> tuple[str, ...]:
         return (self.vm_table, self.log_table, self.result_table, self.run_table,
-                self.change_table)
+                self.change_table, self.claim_table)
 
 
 def setting_names() -> list[str]:

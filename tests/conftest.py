@@ -38,6 +38,7 @@ def storage_env(azurite: Azurite) -> dict[str, str]:
         "RESULT_TABLE": f"tblresult{suffix}",
         "RUN_TABLE": f"tblrun{suffix}",
         "CHANGE_TABLE": f"tblchange{suffix}",
+        "CLAIM_TABLE": f"tblclaim{suffix}",
     }
 
 

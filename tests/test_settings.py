@@ -15,7 +15,8 @@ def test_defaults_are_typed() -> None:
     assert s.vm_slots == 1 and isinstance(s.vm_slots, int)
     assert s.keep_originals is True
     assert s.pipeline_actions == ("process",)
-    assert s.tables() == ("tblvm", "tbllog", "tblresult", "tblrun", "tblchange")
+    assert s.tables() == ("tblvm", "tbllog", "tblresult", "tblrun", "tblchange",
+                         "tblclaim")
     assert s.queues() == ("work", "work-poison")
 
 

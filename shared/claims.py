@@ -1,0 +1,184 @@
+"""Claims: which VM works on which attempt of which job step (table `tblclaim`).
+
+Agents compete for work items on one queue. Before an agent touches a file it claims the step
+attempt here with a conditional write: an insert that fails if the row exists, or an ETag-matched
+takeover of a claim whose holder stopped heartbeating (its VM died; the queue message became
+visible again). So two VMs never process the same attempt at once, and a dead VM's work is not
+lost. Row: PartitionKey = job id, RowKey = `step-attempt` (see `WorkItem.step_key`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableClient, UpdateMode
+
+from shared.workitem import WorkItem
+
+CLAIMED, DONE, FAILED, ABANDONED = "claimed", "done", "failed", "abandoned"
+FINISHED_STATES = (DONE, FAILED, ABANDONED)
+
+
+class ClaimError(Exception):
+    """Base of claim conflicts."""
+
+
+class AlreadyClaimed(ClaimError):
+    """Another VM holds a live claim on this attempt."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(f"step already claimed by {holder}")
+        self.holder = holder
+
+
+class AlreadyFinished(ClaimError):
+    """The attempt is finished; the work item is spent."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(f"step already {state}")
+        self.state = state
+
+
+class ClaimLost(ClaimError):
+    """The caller no longer holds the claim (taken over or finished elsewhere)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Claim:
+    job_id: str
+    step_key: str
+    vm: str
+    state: str
+    instance_id: str = ""
+    claimed_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    finished_at: datetime | None = None
+    outcome: dict[str, Any] = field(default_factory=dict)
+    etag: str = ""
+
+    @classmethod
+    def from_entity(cls, entity: Any) -> Claim:
+        known = {"PartitionKey", "RowKey", "vm", "state", "instanceId", "claimedAt",
+                 "heartbeatAt", "finishedAt"}
+        return cls(job_id=entity["PartitionKey"], step_key=entity["RowKey"], vm=entity["vm"],
+                   state=entity["state"], instance_id=entity.get("instanceId", ""),
+                   claimed_at=entity.get("claimedAt"), heartbeat_at=entity.get("heartbeatAt"),
+                   finished_at=entity.get("finishedAt"),
+                   outcome={k: v for k, v in entity.items() if k not in known},
+                   etag=entity.metadata.get("etag", ""))
+
+
+class ClaimStore:
+    """Conditional reads and writes of claim rows."""
+
+    def __init__(self, table: TableClient, stale_after: timedelta = timedelta(minutes=5)) -> None:
+        self.table = table
+        self.stale_after = stale_after
+
+    def get(self, job_id: str, step_key: str) -> Claim | None:
+        try:
+            return Claim.from_entity(self.table.get_entity(job_id, step_key))
+        except ResourceNotFoundError:
+            return None
+
+    def claim(self, item: WorkItem, vm: str, now: datetime | None = None) -> Claim:
+        """Claim `item` for `vm`; idempotent for the holder, a takeover only of a stale claim."""
+        now = now or utcnow()
+        entity = {"PartitionKey": item.job_id, "RowKey": item.step_key, "vm": vm,
+                  "state": CLAIMED, "instanceId": item.instance_id, "claimedAt": now,
+                  "heartbeatAt": now}
+        for _ in range(10):
+            try:
+                self.table.create_entity(entity)
+                return self.get(item.job_id, item.step_key) or Claim.from_entity(entity)
+            except ResourceExistsError:
+                pass
+            current = self.get(item.job_id, item.step_key)
+            if current is None:
+                continue  # deleted between the two calls; try the insert again
+            if current.state in FINISHED_STATES:
+                raise AlreadyFinished(current.state)
+            if current.vm == vm:
+                return current
+            beat = current.heartbeat_at or current.claimed_at
+            if beat is not None and now - beat < self.stale_after:
+                raise AlreadyClaimed(current.vm)
+            try:
+                self.table.update_entity(entity, mode=UpdateMode.REPLACE, etag=current.etag,
+                                         match_condition=MatchConditions.IfNotModified)
+                return self.get(item.job_id, item.step_key) or Claim.from_entity(entity)
+            except ResourceModifiedError:
+                continue  # someone else moved first; look again
+        raise AlreadyClaimed("unknown (contention)")
+
+    def heartbeat(self, item: WorkItem, vm: str, now: datetime | None = None) -> None:
+        """Refresh the holder's heartbeat; raise `ClaimLost` if `vm` no longer holds it."""
+        current = self.get(item.job_id, item.step_key)
+        if current is None or current.vm != vm or current.state != CLAIMED:
+            raise ClaimLost(f"{vm} does not hold {item.job_id}/{item.step_key}")
+        try:
+            self.table.update_entity(
+                {"PartitionKey": item.job_id, "RowKey": item.step_key,
+                 "heartbeatAt": now or utcnow()},
+                mode=UpdateMode.MERGE, etag=current.etag,
+                match_condition=MatchConditions.IfNotModified)
+        except ResourceModifiedError:
+            raise ClaimLost(f"{item.job_id}/{item.step_key} changed under {vm}") from None
+
+    def finish(self, job_id: str, step_key: str, vm: str, state: str,
+               outcome: dict[str, Any] | None = None, now: datetime | None = None) -> Claim:
+        """Mark the attempt finished by its holder. Repeating the same finish is harmless."""
+        if state not in FINISHED_STATES:
+            raise ValueError(f"not a finished state: {state}")
+        for _ in range(10):
+            current = self.get(job_id, step_key)
+            if current is None or current.vm != vm:
+                raise ClaimLost(f"{vm} does not hold {job_id}/{step_key}")
+            if current.state in FINISHED_STATES:
+                if current.state == state:
+                    return current
+                raise AlreadyFinished(current.state)
+            update = {"PartitionKey": job_id, "RowKey": step_key, "state": state,
+                      "finishedAt": now or utcnow(), **(outcome or {})}
+            try:
+                self.table.update_entity(update, mode=UpdateMode.MERGE, etag=current.etag,
+                                         match_condition=MatchConditions.IfNotModified)
+                return self.get(job_id, step_key) or current
+            except ResourceModifiedError:
+                continue
+        raise ClaimLost(f"{job_id}/{step_key}: too much contention")
+
+    def active(self) -> list[Claim]:
+        """Claims still being worked on (for the scaler: busy VMs and stale holders)."""
+        rows = self.table.query_entities(f"state eq '{CLAIMED}'")
+        return [Claim.from_entity(row) for row in rows]
+
+    def abandon_stale(self, now: datetime | None = None) -> list[Claim]:
+        """Mark claims whose holder stopped heartbeating as abandoned; returns them."""
+        now = now or utcnow()
+        abandoned = []
+        for claim in self.active():
+            beat = claim.heartbeat_at or claim.claimed_at
+            if beat is None or now - beat < self.stale_after:
+                continue
+            try:
+                self.table.update_entity(
+                    {"PartitionKey": claim.job_id, "RowKey": claim.step_key, "state": ABANDONED,
+                     "finishedAt": now},
+                    mode=UpdateMode.MERGE, etag=claim.etag,
+                    match_condition=MatchConditions.IfNotModified)
+                abandoned.append(claim)
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue
+        return abandoned

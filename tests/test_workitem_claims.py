@@ -1,0 +1,105 @@
+"""Work items (format, HMAC token) and step claims against Azurite."""
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+
+from shared.claims import (
+    ABANDONED,
+    DONE,
+    AlreadyClaimed,
+    AlreadyFinished,
+    ClaimLost,
+    ClaimStore,
+    utcnow,
+)
+from shared.settings import Settings
+from shared.storage import StorageConnection, ensure_resources
+from shared.workitem import WorkItem, WorkItemError, verify
+
+ITEM = WorkItem(job_id="job-1", instance_id="pf-abc", step=0, action="process",
+                blob="data/x.json", attempt=1)
+
+
+def test_round_trip_and_token() -> None:
+    signed = ITEM.signed("k")
+    assert WorkItem.from_json(signed.to_json()) == signed
+    assert verify(ITEM, signed.token, "k")
+    assert not verify(ITEM, signed.token, "other-key")
+    forged = WorkItem(**{**ITEM.__dict__, "attempt": 2})
+    assert not verify(forged, signed.token, "k")
+    assert not verify(ITEM, "", "k")
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("{not json", "not JSON"),
+    ("[]", "JSON object"),
+    ('{"jobId": "a"}', "lacks field"),
+    ('{"jobId": "a/../b", "instanceId": "i", "step": 0, "action": "p", "blob": "d/x",'
+     ' "attempt": 1}', "job_id"),
+    ('{"jobId": "a", "instanceId": "i", "step": "0", "action": "p", "blob": "d/x",'
+     ' "attempt": 1}', "step"),
+    ('{"jobId": "a", "instanceId": "i", "step": 0, "action": "rm -rf", "blob": "d/x",'
+     ' "attempt": 1}', "action"),
+    ('{"jobId": "a", "instanceId": "i", "step": 0, "action": "p", "blob": "nocontainer",'
+     ' "attempt": 1}', "blob"),
+])
+def test_malformed_work_items_are_refused(text: str, fragment: str) -> None:
+    with pytest.raises(WorkItemError) as err:
+        WorkItem.from_json(text)
+    assert fragment in str(err.value)
+
+
+@pytest.fixture()
+def claims(settings: Settings, connection: StorageConnection) -> ClaimStore:
+    ensure_resources(settings, connection)
+    table = connection.table_service().get_table_client(settings.claim_table)
+    return ClaimStore(table, stale_after=timedelta(seconds=60))
+
+
+def test_only_one_vm_wins_a_claim(claims: ClaimStore) -> None:
+    def attempt(vm: str) -> str:
+        try:
+            claims.claim(ITEM, vm)
+            return vm
+        except AlreadyClaimed:
+            return ""
+
+    with ThreadPoolExecutor(10) as pool:
+        winners = [w for w in pool.map(attempt, [f"vm{i:02d}" for i in range(10)]) if w]
+    assert len(winners) == 1
+    assert claims.get(ITEM.job_id, ITEM.step_key).vm == winners[0]
+    # the holder may claim again (a redelivered message) without error
+    assert claims.claim(ITEM, winners[0]).vm == winners[0]
+
+
+def test_stale_claim_is_taken_over_and_old_holder_loses_it(claims: ClaimStore) -> None:
+    past = utcnow() - timedelta(minutes=10)
+    claims.claim(ITEM, "vm01", now=past)
+    taken = claims.claim(ITEM, "vm02")
+    assert taken.vm == "vm02"
+    with pytest.raises(ClaimLost):
+        claims.heartbeat(ITEM, "vm01")
+    with pytest.raises(ClaimLost):
+        claims.finish(ITEM.job_id, ITEM.step_key, "vm01", DONE)
+    claims.heartbeat(ITEM, "vm02")
+
+
+def test_finish_is_idempotent_and_final(claims: ClaimStore) -> None:
+    claims.claim(ITEM, "vm01")
+    first = claims.finish(ITEM.job_id, ITEM.step_key, "vm01", DONE, {"exitCode": 0})
+    again = claims.finish(ITEM.job_id, ITEM.step_key, "vm01", DONE, {"exitCode": 0})
+    assert first.state == again.state == DONE and again.outcome["exitCode"] == 0
+    with pytest.raises(AlreadyFinished):
+        claims.claim(ITEM, "vm02")
+    assert claims.active() == []
+
+
+def test_abandon_stale_marks_only_silent_holders(claims: ClaimStore) -> None:
+    fresh = WorkItem(**{**ITEM.__dict__, "job_id": "job-2"})
+    claims.claim(ITEM, "vm01", now=utcnow() - timedelta(minutes=10))
+    claims.claim(fresh, "vm02")
+    abandoned = claims.abandon_stale()
+    assert [c.job_id for c in abandoned] == ["job-1"]
+    assert claims.get("job-1", ITEM.step_key).state == ABANDONED
+    assert [c.job_id for c in claims.active()] == ["job-2"]
