@@ -1,0 +1,79 @@
+"""HTTP API plumbing without azure.functions: error envelope, body limits, JSON validation."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class ApiError(Exception):
+    """An error answered as `{"error": {"code", "message"}}` with an HTTP status."""
+
+    status: int
+    code: str
+    message: str
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
+
+
+def bad_request(message: str, code: str = "BadRequest") -> ApiError:
+    return ApiError(400, code, message)
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(404, "NotFound", message)
+
+
+def conflict(message: str) -> ApiError:
+    return ApiError(409, "Conflict", message)
+
+
+def parse_json_body(body: bytes, max_bytes: int) -> Any:
+    """Parse a request body, refusing oversized and malformed ones before doing anything."""
+    if len(body) > max_bytes:
+        raise ApiError(413, "PayloadTooLarge", f"request body exceeds {max_bytes} bytes")
+    if not body.strip():
+        raise bad_request("request body is empty; expected JSON", "InvalidJson")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}", "InvalidJson") from None
+
+
+def require_object(value: Any, what: str = "request body") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad_request(f"{what} must be a JSON object")
+    return value
+
+
+def field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], *,
+          required: bool = True, default: Any = None) -> Any:
+    """Read one typed field; bool is not accepted where an int is expected."""
+    if name not in obj or obj[name] is None:
+        if required:
+            raise bad_request(f"field '{name}' is required")
+        return default
+    value = obj[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise bad_request(f"field '{name}' has the wrong type")
+    if not isinstance(value, kinds):
+        raise bad_request(f"field '{name}' has the wrong type")
+    return value
+
+
+def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"query parameter '{name}' must be an integer") from None
+    if not low <= value <= high:
+        raise bad_request(f"query parameter '{name}' must be from {low} to {high}")
+    return value

@@ -1,0 +1,186 @@
+"""Job rows (`tblresult`): one row per file going through the pipeline, written idempotently.
+
+Durable activities run at least once, so every write here tolerates a repeat: recording a job
+as queued twice, or its result twice, leaves one row with one outcome. A finished job never
+goes back to running.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableClient, UpdateMode
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED)
+FINISHED = (SUCCEEDED, FAILED)
+ROW = "job"
+
+
+class JobNotFound(KeyError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found")
+        self.job_id = job_id
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Job:
+    job_id: str
+    instance_id: str
+    container: str
+    blob: str
+    status: str
+    run_id: str = ""
+    actions: str = ""
+    step: int = 0
+    attempts: int = 0
+    vm: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    output: str = ""
+    error: str = ""
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: int = 0
+    etag: str = field(default="", repr=False)
+
+    _MAP = {"job_id": "PartitionKey", "instance_id": "instanceId", "container": "container",
+            "blob": "blob", "status": "status", "run_id": "runId", "actions": "actions",
+            "step": "step", "attempts": "attempts", "vm": "vm", "bytes_in": "bytesIn",
+            "bytes_out": "bytesOut", "output": "output", "error": "error",
+            "created_at": "createdAt", "started_at": "startedAt", "finished_at": "finishedAt",
+            "duration_ms": "durationMs"}
+
+    @classmethod
+    def from_entity(cls, entity: Any) -> Job:
+        values = {attr: entity.get(col) for attr, col in cls._MAP.items() if col in entity}
+        job = cls(**{k: v for k, v in values.items() if v is not None})
+        job.etag = entity.metadata.get("etag", "")
+        return job
+
+    def to_api(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {"jobId": self.job_id, "instanceId": self.instance_id,
+                "blob": f"{self.container}/{self.blob}", "status": self.status,
+                "runId": self.run_id or None, "actions": self.actions.split(",")
+                if self.actions else [], "step": self.step, "attempts": self.attempts,
+                "vm": self.vm or None, "bytesIn": self.bytes_in, "bytesOut": self.bytes_out,
+                "output": self.output or None, "error": self.error or None,
+                "createdAt": iso(self.created_at), "startedAt": iso(self.started_at),
+                "finishedAt": iso(self.finished_at), "durationMs": self.duration_ms}
+
+
+class JobStore:
+    """Reads and idempotent writes of job rows."""
+
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    def get(self, job_id: str) -> Job:
+        try:
+            return Job.from_entity(self.table.get_entity(job_id, ROW))
+        except ResourceNotFoundError:
+            raise JobNotFound(job_id) from None
+
+    def find(self, job_id: str) -> Job | None:
+        try:
+            return self.get(job_id)
+        except JobNotFound:
+            return None
+
+    def record_queued(self, job_id: str, instance_id: str, container: str, blob: str,
+                      actions: tuple[str, ...], run_id: str = "",
+                      now: datetime | None = None) -> Job:
+        """Create the job row; a second call returns the existing row unchanged."""
+        entity = {"PartitionKey": job_id, "RowKey": ROW, "instanceId": instance_id,
+                  "container": container, "blob": blob, "status": QUEUED, "runId": run_id,
+                  "actions": ",".join(actions), "step": 0, "attempts": 0,
+                  "createdAt": now or utcnow(), "bytesIn": 0, "bytesOut": 0}
+        try:
+            self.table.create_entity(entity)
+        except ResourceExistsError:
+            pass
+        return self.get(job_id)
+
+    def _update(self, job_id: str, changes: dict[str, Any], allow_finished: bool) -> Job:
+        for _ in range(20):
+            job = self.get(job_id)
+            if job.status in FINISHED and not allow_finished:
+                return job
+            try:
+                self.table.update_entity({"PartitionKey": job_id, "RowKey": ROW, **changes},
+                                         mode=UpdateMode.MERGE, etag=job.etag,
+                                         match_condition=MatchConditions.IfNotModified)
+                return self.get(job_id)
+            except ResourceModifiedError:
+                continue
+        raise RuntimeError(f"job {job_id}: too much write contention")
+
+    def record_attempt(self, job_id: str, step: int, attempt: int,
+                       now: datetime | None = None) -> Job:
+        """A work item for (step, attempt) was issued; ignored once the job is finished."""
+        job = self.get(job_id)
+        changes: dict[str, Any] = {"status": RUNNING, "step": step,
+                                   "attempts": max(job.attempts, attempt)}
+        if job.started_at is None:
+            changes["startedAt"] = now or utcnow()
+        return self._update(job_id, changes, allow_finished=False)
+
+    def record_step_done(self, job_id: str, vm: str, bytes_in: int, bytes_out: int,
+                         output: str) -> Job:
+        return self._update(job_id, {"vm": vm, "bytesIn": bytes_in, "bytesOut": bytes_out,
+                                     "output": output}, allow_finished=False)
+
+    def record_finished(self, job_id: str, status: str, *, vm: str = "", bytes_in: int = 0,
+                        bytes_out: int = 0, output: str = "", error: str = "",
+                        now: datetime | None = None) -> Job:
+        """Record the outcome once; a repeat returns the first outcome unchanged."""
+        if status not in FINISHED:
+            raise ValueError(f"not a final status: {status}")
+        job = self.get(job_id)
+        if job.status in FINISHED:
+            return job
+        finished = now or utcnow()
+        started = job.started_at or job.created_at or finished
+        changes = {"status": status, "finishedAt": finished, "error": error[:32000],
+                   "durationMs": int((finished - started).total_seconds() * 1000)}
+        if vm:
+            changes["vm"] = vm
+        if output:
+            changes["output"] = output
+        if bytes_in:
+            changes["bytesIn"] = bytes_in
+        if bytes_out:
+            changes["bytesOut"] = bytes_out
+        return self._update(job_id, changes, allow_finished=False)
+
+    def list(self, status: str | None = None, run_id: str | None = None,
+             limit: int = 100) -> list[Job]:
+        """Newest first. Filters are validated by the caller; values are quoted here."""
+        clauses = [f"RowKey eq '{ROW}'"]
+        params: dict[str, Any] = {}
+        if status:
+            clauses.append("status eq @status")
+            params["status"] = status
+        if run_id:
+            clauses.append("runId eq @run")
+            params["run"] = run_id
+        rows = self.table.query_entities(" and ".join(clauses), parameters=params)
+        jobs = [Job.from_entity(row) for row in rows]
+        jobs.sort(key=lambda j: j.created_at or datetime.min.replace(tzinfo=timezone.utc),
+                  reverse=True)
+        return jobs[:limit]

@@ -1,0 +1,64 @@
+"""Job rows and the event log against Azurite: idempotent writes, no regression after finish."""
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from shared.eventlog import EventLog
+from shared.jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, JobNotFound, JobStore
+from shared.settings import Settings
+from shared.storage import StorageConnection, ensure_resources
+
+
+@pytest.fixture()
+def jobs(settings: Settings, connection: StorageConnection) -> JobStore:
+    ensure_resources(settings, connection)
+    return JobStore(connection.table_service().get_table_client(settings.result_table))
+
+
+def test_queued_twice_is_one_row(jobs: JobStore) -> None:
+    first = jobs.record_queued("j1", "file-1", "data", "a.json", ("process",))
+    again = jobs.record_queued("j1", "file-1", "data", "a.json", ("process",), run_id="r")
+    assert first.status == again.status == QUEUED
+    assert again.run_id == ""  # the first write wins; a repeat changes nothing
+    assert [j.job_id for j in jobs.list()] == ["j1"]
+
+
+def test_lifecycle_and_repeated_result(jobs: JobStore) -> None:
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    jobs.record_queued("j2", "file-2", "data", "b.json", ("extract", "transform"), now=start)
+    running = jobs.record_attempt("j2", step=1, attempt=2, now=start + timedelta(seconds=1))
+    assert (running.status, running.step, running.attempts) == (RUNNING, 1, 2)
+    done = jobs.record_finished("j2", SUCCEEDED, vm="vm01", bytes_in=10, bytes_out=20,
+                                output="results/b.json.transform.out",
+                                now=start + timedelta(seconds=3))
+    assert done.status == SUCCEEDED and done.duration_ms == 2000
+    repeat = jobs.record_finished("j2", FAILED, error="late failure")
+    assert repeat.status == SUCCEEDED and repeat.error == ""
+    late = jobs.record_attempt("j2", step=0, attempt=3)
+    assert late.status == SUCCEEDED and late.attempts == 2
+    api = done.to_api()
+    assert api["blob"] == "data/b.json" and api["actions"] == ["extract", "transform"]
+
+
+def test_filters_and_unknown_job(jobs: JobStore) -> None:
+    jobs.record_queued("a", "i-a", "data", "a", ("p",), run_id="run-1")
+    jobs.record_queued("b", "i-b", "data", "b", ("p",), run_id="run-2")
+    jobs.record_finished("b", FAILED, error="boom")
+    assert [j.job_id for j in jobs.list(run_id="run-1")] == ["a"]
+    assert [j.job_id for j in jobs.list(status=FAILED)] == ["b"]
+    assert jobs.list(status="x' or RowKey ne '") == []  # quoted: injection finds nothing
+    with pytest.raises(JobNotFound):
+        jobs.get("missing")
+
+
+def test_event_log_newest_first(settings: Settings, connection: StorageConnection) -> None:
+    ensure_resources(settings, connection)
+    log = EventLog(connection.table_service().get_table_client(settings.log_table))
+    now = datetime.now(timezone.utc)
+    log.write("job.queued", "first", job_id="j", now=now)
+    log.write("job.done", "second", job_id="j", data={"bytes": 3},
+              now=now + timedelta(milliseconds=5))
+    events = log.day(now)
+    assert [e["message"] for e in events] == ["second", "first"]
+    assert events[0]["data"] == {"bytes": 3}
+    assert [e["kind"] for e in log.day(now, kind="job.queued")] == ["job.queued"]
