@@ -107,12 +107,13 @@ class ClaimStore:
             current = self.get(item.job_id, item.step_key)
             if current is None:
                 continue  # deleted between the two calls; try the insert again
-            if current.state in FINISHED_STATES:
+            if current.state in (DONE, FAILED):
                 raise AlreadyFinished(current.state)
-            if current.vm == vm:
+            if current.vm == vm and current.state == CLAIMED:
                 return current
             beat = current.heartbeat_at or current.claimed_at
-            if beat is not None and now - beat < self.stale_after:
+            if (current.state == CLAIMED and beat is not None
+                    and now - beat < self.stale_after):
                 raise AlreadyClaimed(current.vm)
             try:
                 self.table.update_entity(entity, mode=UpdateMode.REPLACE, etag=current.etag,
@@ -165,7 +166,10 @@ class ClaimStore:
         return [Claim.from_entity(row) for row in rows]
 
     def abandon_stale(self, now: datetime | None = None) -> list[Claim]:
-        """Mark claims whose holder stopped heartbeating as abandoned; returns them."""
+        """Mark claims whose holder stopped heartbeating as abandoned; returns them.
+
+        An abandoned attempt stays open: the next agent that receives its message takes it over.
+        """
         now = now or utcnow()
         abandoned = []
         for claim in self.active():

@@ -185,6 +185,23 @@ class Settings:
 
     azure_subscription_id: str = _setting("AZURE_SUBSCRIPTION_ID", str, "")
     pool_resource_group: str = _setting("POOL_RESOURCE_GROUP", str, "")
+    # azure pool backend: ARM endpoint (empty = the public cloud) and provisioning defaults
+    arm_endpoint: str = _setting("ARM_ENDPOINT", str, "")
+    pool_location: str = _setting("POOL_LOCATION", str, "")
+    pool_vm_size: str = _setting("POOL_VM_SIZE", str, "")
+    pool_vm_image: str = _setting("POOL_VM_IMAGE", str, "")
+    pool_subnet_id: str = _setting("POOL_SUBNET_ID", str, "")
+    pool_admin_username: str = _setting("POOL_ADMIN_USERNAME", str, "")
+    pool_ssh_public_key: str = _setting("POOL_SSH_PUBLIC_KEY", str, "")
+    pool_public_ip: bool = _setting("POOL_PUBLIC_IP", parse_bool, "false")
+    # local pool backend: the agent command, where pid files live, how long a stop may take
+    local_agent_command: str = _setting("LOCAL_AGENT_COMMAND", parse_text, "python -m agent")
+    local_state_dir: str = _setting("LOCAL_STATE_DIR", str, "")
+    local_stop_grace_seconds: float = _setting(
+        "LOCAL_STOP_GRACE_SECONDS", _float_range(0, 3600), "30")
+    local_agent_api_base_url: str = _setting(
+        "LOCAL_AGENT_API_BASE_URL", parse_text, "http://127.0.0.1:7071")
+    local_agent_function_key: str = _setting("LOCAL_AGENT_FUNCTION_KEY", str, "", secret=True)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -103,3 +103,5 @@ def test_abandon_stale_marks_only_silent_holders(claims: ClaimStore) -> None:
     assert [c.job_id for c in abandoned] == ["job-1"]
     assert claims.get("job-1", ITEM.step_key).state == ABANDONED
     assert [c.job_id for c in claims.active()] == ["job-2"]
+    # the abandoned attempt is open to the next agent that receives its message
+    assert claims.claim(ITEM, "vm03").vm == "vm03"

@@ -1,0 +1,432 @@
+"""The `azure` backend: pool VMs are Azure VMs in one resource group.
+
+Uses azure-mgmt-compute (start, deallocate, instance view), azure-mgmt-network (NIC and public
+IP addresses; provisioning creates them before the VM) and azure-identity. Long-running ARM
+operations are never waited on: the first request is sent, and the poller's continuation token
+goes into the returned `Operation`. `poll()` rebuilds the poller from that token and makes one
+status request, so a durable orchestration can poll with timers between looks instead of keeping
+a thread (or a function) busy for minutes.
+"""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceNotFoundError,
+)
+from azure.core.pipeline.policies import SansIOHTTPPolicy
+from azure.core.polling import LROPoller
+from azure.core.polling.base_polling import BadResponse, BadStatus, OperationFailed
+from azure.mgmt.core.polling.arm_polling import ARMPolling
+from azure.mgmt.core.tools import parse_resource_id
+
+from shared.pool.backends.base import (
+    DEALLOCATED,
+    DEALLOCATING,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    UNKNOWN,
+    BackendError,
+    InvalidOperation,
+    Operation,
+    OperationInProgress,
+    OperationStatus,
+    PoolBackend,
+    Throttled,
+    VmNotFound,
+    now_s,
+)
+from shared.pool.members import InvalidVmName, validate_vm_name
+from shared.settings import SettingError
+
+_POWER = {"running": RUNNING, "starting": STARTING, "stopped": STOPPED, "stopping": STOPPED,
+          "deallocated": DEALLOCATED, "deallocating": DEALLOCATING}
+_FINISHED = {"succeeded", "failed", "canceled", "cancelled"}
+PROVISION_FIELDS = ("location", "vm_size", "image", "subnet_id", "admin_username",
+                    "ssh_public_key")
+# The API's camelCase names for the same fields (a pool change's `spec`).
+_SPEC_ALIASES = {"size": "vm_size", "vmSize": "vm_size", "subnetId": "subnet_id",
+                 "publicIp": "public_ip", "adminUsername": "admin_username",
+                 "sshPublicKey": "ssh_public_key"}
+
+
+class ProvisionSpecError(BackendError, ValueError):
+    """A provisioning request lacks a field or has a malformed one."""
+
+
+class _AllowLoopbackHttp(SansIOHTTPPolicy):
+    """Let bearer tokens go over plain http to a loopback ARM endpoint (local fakes, tests).
+
+    azure-core refuses http for token authentication unless a request opts out with the
+    `enforce_https=False` option; this sets that option, and only for 127.0.0.0/8 and ::1.
+    """
+
+    def on_request(self, request: Any) -> None:
+        if _is_loopback(request.http_request.url):
+            request.context.options["enforce_https"] = False
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _LookOnce(ARMPolling):
+    """ARM polling that never loops: `run` does nothing, the caller calls `update_status`."""
+
+    def run(self) -> None:
+        return None
+
+    def error_text(self) -> str:
+        """The ARM error of a failed operation, from the last status response."""
+        try:
+            body = json.loads(self._pipeline_response.http_response.text() or "{}")
+        except (ValueError, AttributeError):
+            return ""
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            return f"{error.get('code', '')}: {error.get('message', '')}".strip(": ")
+        return ""
+
+
+def _retry_after(exc: HttpResponseError) -> float | None:
+    headers = getattr(exc.response, "headers", None) or {}
+    raw = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+class AzureBackend(PoolBackend):
+    """Pool VMs in `resource_group` of `subscription_id`."""
+
+    name = "azure"
+
+    def __init__(self, subscription_id: str, resource_group: str, credential: Any = None,
+                 arm_endpoint: str = "", provisioning: Mapping[str, Any] | None = None,
+                 polling_interval: float = 30.0, **client_options: Any) -> None:
+        from azure.mgmt.compute import ComputeManagementClient  # noqa: PLC0415 - heavy imports
+        from azure.mgmt.network import NetworkManagementClient  # noqa: PLC0415
+
+        if not subscription_id:
+            raise SettingError("AZURE_SUBSCRIPTION_ID", "is required for the azure pool backend")
+        if not resource_group:
+            raise SettingError("POOL_RESOURCE_GROUP", "is required for the azure pool backend")
+        if arm_endpoint and not arm_endpoint.startswith("https://") and not _is_loopback(
+                arm_endpoint):
+            raise SettingError("ARM_ENDPOINT", "must be an https URL (plain http only on loopback)")
+        if credential is None:
+            from azure.identity import DefaultAzureCredential  # noqa: PLC0415
+
+            credential = DefaultAzureCredential()
+        self.subscription_id = subscription_id
+        self.resource_group = resource_group
+        self.base_url = (arm_endpoint or "https://management.azure.com").rstrip("/")
+        self.provisioning = dict(provisioning or {})
+        self.polling_interval = polling_interval
+
+        def options() -> dict[str, Any]:
+            opts = dict(client_options)
+            if arm_endpoint and _is_loopback(arm_endpoint):
+                opts["per_call_policies"] = [_AllowLoopbackHttp()]
+            return opts
+
+        base = arm_endpoint or None
+        self.compute = ComputeManagementClient(credential, subscription_id, base_url=base,
+                                               polling_interval=polling_interval, **options())
+        self.network = NetworkManagementClient(credential, subscription_id, base_url=base,
+                                               polling_interval=polling_interval, **options())
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _polling(self) -> _LookOnce:
+        return _LookOnce(self.polling_interval, path_format_arguments={"endpoint": self.base_url})
+
+    @contextlib.contextmanager
+    def _errors(self, vm: str, what: str) -> Iterator[None]:
+        """Turn SDK errors into the backend's error types, naming the VM and the action."""
+        try:
+            yield
+        except ResourceNotFoundError:
+            raise VmNotFound(f"VM {vm!r} was not found in resource group "
+                             f"{self.resource_group!r} ({what})") from None
+        except HttpResponseError as exc:
+            status = exc.status_code
+            code = getattr(exc.error, "code", None) or ""
+            detail = getattr(exc.error, "message", None) or exc.reason or ""
+            text = f"{what} VM {vm!r}: HTTP {status} {code} {detail}".strip()
+            if status == 429:
+                raise Throttled(f"throttled by Azure: {text}", _retry_after(exc)) from None
+            if status == 409:
+                raise OperationInProgress(f"another operation is in progress: {text}") from None
+            raise BackendError(f"failed to {text}") from None
+        except (BadStatus, BadResponse, OperationFailed) as exc:
+            raise BackendError(f"failed to {what} VM {vm!r}: {exc}") from None
+        except AzureError as exc:
+            raise BackendError(f"failed to {what} VM {vm!r}: {exc.message}") from None
+
+    def _resource_id(self, provider: str, kind: str, name: str) -> str:
+        return (f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+                f"/providers/{provider}/{kind}/{name}")
+
+    def backend_id(self, vm: str) -> str:
+        """The Azure resource id of pool VM `vm` (what the registry stores)."""
+        return self._resource_id("Microsoft.Compute", "virtualMachines", vm)
+
+    # --- start / stop / look ---------------------------------------------------------------
+
+    def start(self, vm: str) -> Operation:
+        vm = _valid(vm)
+        with self._errors(vm, "start"):
+            poller = self.compute.virtual_machines.begin_start(
+                self.resource_group, vm, polling=self._polling())
+            return Operation(self.name, "start", vm, token=poller.continuation_token(),
+                             started_at=now_s())
+
+    def deallocate(self, vm: str) -> Operation:
+        vm = _valid(vm)
+        with self._errors(vm, "deallocate"):
+            poller = self.compute.virtual_machines.begin_deallocate(
+                self.resource_group, vm, polling=self._polling())
+            return Operation(self.name, "deallocate", vm, token=poller.continuation_token(),
+                             started_at=now_s())
+
+    def power_state(self, vm: str) -> str:
+        vm = _valid(vm)
+        with self._errors(vm, "read the power state of"):
+            view = self.compute.virtual_machines.instance_view(self.resource_group, vm)
+        for status in view.statuses or []:
+            code = status.code or ""
+            if code.startswith("PowerState/"):
+                return _POWER.get(code.split("/", 1)[1].lower(), UNKNOWN)
+        return UNKNOWN
+
+    def addresses(self, vm: str) -> dict[str, str | None]:
+        """Private and public IP of the VM's primary NIC (VM -> NIC -> public IP resource)."""
+        vm = _valid(vm)
+        with self._errors(vm, "read the addresses of"):
+            machine = self.compute.virtual_machines.get(self.resource_group, vm)
+            refs = list((machine.network_profile.network_interfaces or [])
+                        if machine.network_profile else [])
+            if not refs:
+                return {"private_ip": None, "public_ip": None}
+            ref = next((r for r in refs if r.primary), refs[0])
+            nic_id = parse_resource_id(ref.id)
+            nic = self.network.network_interfaces.get(nic_id["resource_group"], nic_id["name"])
+            configs = list(nic.ip_configurations or [])
+            if not configs:
+                return {"private_ip": None, "public_ip": None}
+            config = next((c for c in configs if c.primary), configs[0])
+            public = None
+            if config.public_ip_address is not None and config.public_ip_address.id:
+                pip_id = parse_resource_id(config.public_ip_address.id)
+                pip = self.network.public_ip_addresses.get(pip_id["resource_group"],
+                                                           pip_id["name"])
+                public = pip.ip_address
+            return {"private_ip": config.private_ip_address, "public_ip": public}
+
+    # --- provisioning ------------------------------------------------------------------------
+
+    def provision_spec(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """`spec` over the configured defaults, checked; raises `ProvisionSpecError`."""
+        given = {_SPEC_ALIASES.get(k, k): v for k, v in spec.items() if v not in (None, "")}
+        merged = {**self.provisioning, **given}
+        try:
+            merged["name"] = validate_vm_name(merged.get("name"))
+        except InvalidVmName as exc:
+            raise ProvisionSpecError(str(exc)) from None
+        missing = [f for f in PROVISION_FIELDS if not merged.get(f)]
+        if missing:
+            raise ProvisionSpecError(f"cannot provision VM {merged['name']!r}: missing "
+                                     f"{', '.join(missing)}")
+        merged["public_ip"] = bool(merged.get("public_ip"))
+        image = str(merged["image"])
+        if not image.startswith("/") and image.count(":") != 3:
+            raise ProvisionSpecError("image must be publisher:offer:sku:version or a resource id")
+        tags = merged.get("tags") or {}
+        if not isinstance(tags, dict):
+            raise ProvisionSpecError("tags must be an object")
+        merged["tags"] = {str(k): str(v) for k, v in tags.items()}
+        return merged
+
+    def _provision_steps(self, spec: Mapping[str, Any]) -> list[str]:
+        return (["public_ip"] if spec.get("public_ip") else []) + ["nic", "vm"]
+
+    def _begin_provision_step(self, spec: Mapping[str, Any], step: str) -> LROPoller:
+        name, location, tags = spec["name"], spec["location"], spec.get("tags") or {}
+        rg = self.resource_group
+        pip_name, nic_name = f"{name}-pip", f"{name}-nic"
+        if step == "public_ip":
+            body = {"location": location, "tags": tags, "sku": {"name": "Standard"},
+                    "properties": {"publicIPAllocationMethod": "Static"}}
+            return self.network.public_ip_addresses.begin_create_or_update(
+                rg, pip_name, body, polling=self._polling())
+        if step == "nic":
+            ip_config: dict[str, Any] = {"subnet": {"id": spec["subnet_id"]},
+                                         "privateIPAllocationMethod": "Dynamic"}
+            if spec.get("public_ip"):
+                ip_config["publicIPAddress"] = {
+                    "id": self._resource_id("Microsoft.Network", "publicIPAddresses", pip_name)}
+            body = {"location": location, "tags": tags, "properties": {
+                "ipConfigurations": [{"name": "ipconfig1", "properties": ip_config}]}}
+            return self.network.network_interfaces.begin_create_or_update(
+                rg, nic_name, body, polling=self._polling())
+        image = str(spec["image"])
+        if image.startswith("/"):
+            image_ref: dict[str, Any] = {"id": image}
+        else:
+            publisher, offer, sku, version = image.split(":")
+            image_ref = {"publisher": publisher, "offer": offer, "sku": sku, "version": version}
+        user = spec["admin_username"]
+        body = {"location": location, "tags": tags, "properties": {
+            "hardwareProfile": {"vmSize": spec["vm_size"]},
+            "storageProfile": {"imageReference": image_ref, "osDisk": {
+                "createOption": "FromImage", "deleteOption": "Delete",
+                "managedDisk": {"storageAccountType": "Standard_LRS"}}},
+            "osProfile": {"computerName": name, "adminUsername": user, "linuxConfiguration": {
+                "disablePasswordAuthentication": True, "ssh": {"publicKeys": [
+                    {"path": f"/home/{user}/.ssh/authorized_keys",
+                     "keyData": spec["ssh_public_key"]}]}}},
+            "networkProfile": {"networkInterfaces": [{
+                "id": self._resource_id("Microsoft.Network", "networkInterfaces", nic_name),
+                "properties": {"primary": True}}]}}}
+        return self.compute.virtual_machines.begin_create_or_update(
+            rg, name, body, polling=self._polling())
+
+    def provision(self, spec: dict[str, Any]) -> Operation:
+        """Create public IP (optional), NIC, then VM; returns the first step's operation."""
+        full = self.provision_spec(spec)
+        step = self._provision_steps(full)[0]
+        with self._errors(full["name"], f"provision ({step})"):
+            poller = self._begin_provision_step(full, step)
+        return Operation(self.name, "provision", full["name"], token=poller.continuation_token(),
+                         step=0, spec=full, started_at=now_s())
+
+    _DELETE_STEPS = ("vm", "nic", "public_ip")
+
+    def _begin_delete_step(self, vm: str, step: str) -> LROPoller:
+        rg = self.resource_group
+        if step == "vm":
+            return self.compute.virtual_machines.begin_delete(rg, vm, polling=self._polling())
+        if step == "nic":
+            return self.network.network_interfaces.begin_delete(rg, f"{vm}-nic",
+                                                                polling=self._polling())
+        return self.network.public_ip_addresses.begin_delete(rg, f"{vm}-pip",
+                                                             polling=self._polling())
+
+    def delete(self, vm: str) -> Operation:
+        """Delete the VM, then its NIC and public IP (missing ones are skipped)."""
+        vm = _valid(vm)
+        with self._errors(vm, "delete"):
+            poller = self._begin_delete_step(vm, "vm")
+        return Operation(self.name, "delete", vm, token=poller.continuation_token(), step=0,
+                         started_at=now_s())
+
+    # --- polling -------------------------------------------------------------------------
+
+    def _resume(self, op: Operation) -> LROPoller:
+        """Rebuild the SDK poller of `op` from its continuation token (no request is sent)."""
+        rg, vm, token, polling = self.resource_group, op.vm, op.token, self._polling()
+        machines = self.compute.virtual_machines
+        resumers: dict[tuple[str, str], Callable[[], LROPoller]] = {
+            ("start", ""): lambda: machines.begin_start(
+                rg, vm, continuation_token=token, polling=polling),
+            ("deallocate", ""): lambda: machines.begin_deallocate(
+                rg, vm, continuation_token=token, polling=polling),
+            ("provision", "public_ip"): lambda: self.network.public_ip_addresses
+            .begin_create_or_update(rg, f"{vm}-pip", None, continuation_token=token,
+                                    polling=polling),
+            ("provision", "nic"): lambda: self.network.network_interfaces
+            .begin_create_or_update(rg, f"{vm}-nic", None, continuation_token=token,
+                                    polling=polling),
+            ("provision", "vm"): lambda: machines.begin_create_or_update(
+                rg, vm, None, continuation_token=token, polling=polling),
+            ("delete", "vm"): lambda: machines.begin_delete(
+                rg, vm, continuation_token=token, polling=polling),
+            ("delete", "nic"): lambda: self.network.network_interfaces.begin_delete(
+                rg, f"{vm}-nic", continuation_token=token, polling=polling),
+            ("delete", "public_ip"): lambda: self.network.public_ip_addresses.begin_delete(
+                rg, f"{vm}-pip", continuation_token=token, polling=polling),
+        }
+        key = (op.kind, self._step_name(op))
+        if key not in resumers or not token:
+            raise InvalidOperation(f"cannot poll azure operation {op.kind!r} step {op.step}")
+        try:
+            return resumers[key]()
+        except ValueError as exc:  # a token this SDK cannot read
+            raise InvalidOperation(f"bad continuation token for {op.kind} of {vm!r}: "
+                                   f"{exc}") from None
+
+    def _step_name(self, op: Operation) -> str:
+        if op.kind == "provision":
+            steps = self._provision_steps(op.spec)
+        elif op.kind == "delete":
+            steps = list(self._DELETE_STEPS)
+        else:
+            return ""
+        if not 0 <= op.step < len(steps):
+            raise InvalidOperation(f"operation step {op.step} out of range for {op.kind}")
+        return steps[op.step]
+
+    def _next_step(self, op: Operation) -> Operation | None:
+        """Begin the step after `op`'s (provision/delete); None when there is none."""
+        if op.kind == "provision":
+            steps = self._provision_steps(op.spec)
+            if op.step + 1 >= len(steps):
+                return None
+            with self._errors(op.vm, f"provision ({steps[op.step + 1]})"):
+                poller = self._begin_provision_step(op.spec, steps[op.step + 1])
+            return Operation(self.name, op.kind, op.vm, token=poller.continuation_token(),
+                             step=op.step + 1, spec=op.spec, started_at=now_s())
+        if op.kind == "delete":
+            for index in range(op.step + 1, len(self._DELETE_STEPS)):
+                try:
+                    with self._errors(op.vm, f"delete ({self._DELETE_STEPS[index]})"):
+                        poller = self._begin_delete_step(op.vm, self._DELETE_STEPS[index])
+                except VmNotFound:
+                    continue  # nothing of that kind was created; go on
+                return Operation(self.name, op.kind, op.vm, token=poller.continuation_token(),
+                                 step=index, started_at=now_s())
+        return None
+
+    def poll(self, operation: Operation) -> OperationStatus:
+        self._check_own(operation)
+        _valid(operation.vm)
+        with self._errors(operation.vm, f"poll {operation.kind} of"):
+            poller = self._resume(operation)
+            method = poller.polling_method()
+            if not isinstance(method, _LookOnce):  # pragma: no cover - defensive
+                raise InvalidOperation("unexpected polling method")
+            if not method.finished():
+                method.update_status()
+            status = method.status()
+        if status.lower() not in _FINISHED:
+            return OperationStatus(operation, done=False, status=status)
+        if status.lower() != "succeeded":
+            return OperationStatus(operation, done=True, succeeded=False, status=status,
+                                   error=method.error_text() or f"{operation.kind} {status}")
+        following = self._next_step(operation)
+        if following is not None:
+            return OperationStatus(following, done=False, status="InProgress")
+        return OperationStatus(operation, done=True, succeeded=True, status=status)
+
+
+def _valid(vm: Any) -> str:
+    try:
+        return validate_vm_name(vm)
+    except InvalidVmName as exc:
+        raise VmNotFound(str(exc)) from None

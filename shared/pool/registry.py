@@ -1,0 +1,373 @@
+"""The pool table (`tblvm`): one row per VM, its state and its busy slots.
+
+Scalers, agents and the API all write these rows at the same time, so every change is a
+read-modify-write with the row's ETag (`IfNotModified`). A write that loses the race is retried
+on fresh data (bounded, with jittered backoff) and the rule is checked again: a slot is never
+handed out twice, and a VM that took work after the scaler looked is never deallocated.
+Row: PartitionKey "vm", RowKey = VM name.
+"""
+from __future__ import annotations
+
+import ipaddress
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableClient, UpdateMode
+
+from shared.pool.members import is_valid_vm_name, validate_vm_name
+
+PARTITION = "vm"
+MAX_ATTEMPTS = 40          # conditional-write attempts before giving up on contention
+MAX_REASON = 2000          # characters of a failure reason kept in the row
+_BACKOFF_BASE_S = 0.005
+_BACKOFF_CAP_S = 0.15
+
+
+class VmState(str, Enum):
+    DEALLOCATED = "deallocated"
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    DEALLOCATING = "deallocating"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ACCEPTING = (VmState.STARTING, VmState.RUNNING)      # states in which an agent may take a slot
+STOPPING = (VmState.DEALLOCATING, VmState.DEALLOCATED)  # states a VM holding work may not enter
+
+
+class RegistryError(Exception):
+    """Base of pool registry errors."""
+
+
+class UnknownVm(RegistryError, KeyError):
+    """The VM is not a member of the pool."""
+
+    def __init__(self, vm: str) -> None:
+        super().__init__(f"VM {vm!r} is not a member of the pool")
+        self.vm = vm
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0])
+
+
+class InvalidTransition(RegistryError, ValueError):
+    """The VM is not in a state from which the requested change is allowed."""
+
+
+class VmBusy(InvalidTransition):
+    """The VM holds work (busy slots), so it may not be stopped or removed."""
+
+
+class NotRemovable(InvalidTransition):
+    """Only a deallocated VM without work may leave the pool."""
+
+
+class RegistryContention(RegistryError):
+    """A row kept changing under us; the write was not made."""
+
+
+class InvalidAddress(RegistryError, ValueError):
+    """An address reported for a VM is not an IP address."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class VmRecord:
+    """One pool row. Times are timezone-aware UTC datetimes."""
+
+    name: str
+    backend_id: str
+    slots: int
+    state: VmState
+    busy: int
+    last_activity: datetime
+    last_heartbeat: datetime | None
+    state_since: datetime
+    private_ip: str = ""
+    public_ip: str = ""
+    reason: str = ""           # why the VM failed, or the last backend error
+    operation: str = ""        # JSON handle of the backend operation in flight, if any
+    boot_seconds: float = 0.0  # how long the last start took until the agent was seen
+    etag: str = ""
+
+    @property
+    def free(self) -> int:
+        return max(0, self.slots - self.busy)
+
+    @property
+    def accepting(self) -> bool:
+        return self.state in ACCEPTING and self.busy < self.slots
+
+    def to_entity(self) -> dict[str, Any]:
+        entity: dict[str, Any] = {
+            "PartitionKey": PARTITION, "RowKey": self.name, "backendId": self.backend_id,
+            "slots": self.slots, "state": self.state.value, "busy": self.busy,
+            "lastActivity": self.last_activity, "stateSince": self.state_since,
+            "privateIp": self.private_ip, "publicIp": self.public_ip, "reason": self.reason,
+            "operation": self.operation, "bootSeconds": float(self.boot_seconds),
+        }
+        if self.last_heartbeat is not None:
+            entity["lastHeartbeat"] = self.last_heartbeat
+        return entity
+
+    @classmethod
+    def from_entity(cls, entity: Any) -> VmRecord:
+        return cls(
+            name=entity["RowKey"], backend_id=entity.get("backendId", ""),
+            slots=int(entity.get("slots", 1)), state=VmState(entity.get("state", "deallocated")),
+            busy=int(entity.get("busy", 0)), last_activity=entity.get("lastActivity") or utcnow(),
+            last_heartbeat=entity.get("lastHeartbeat"),
+            state_since=entity.get("stateSince") or utcnow(),
+            private_ip=entity.get("privateIp", ""), public_ip=entity.get("publicIp", ""),
+            reason=entity.get("reason", ""), operation=entity.get("operation", ""),
+            boot_seconds=float(entity.get("bootSeconds", 0.0)),
+            etag=entity.metadata.get("etag", ""))
+
+
+# Fields a caller may set along with a transition; everything else is the registry's business.
+_TRANSITION_FIELDS = {"backend_id", "private_ip", "public_ip", "reason", "operation", "busy",
+                      "last_activity", "boot_seconds"}
+
+
+def _check_address(value: Any) -> str:
+    if value in (None, ""):
+        return ""
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        raise InvalidAddress(f"{value!r} is not an IP address") from None
+
+
+class PoolRegistry:
+    """ETag-guarded reads and writes of the pool table."""
+
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def get(self, vm: str) -> VmRecord:
+        if not is_valid_vm_name(vm):
+            raise UnknownVm(str(vm))
+        try:
+            return VmRecord.from_entity(self.table.get_entity(PARTITION, vm))
+        except ResourceNotFoundError:
+            raise UnknownVm(vm) from None
+
+    def list(self) -> list[VmRecord]:
+        rows = self.table.query_entities(f"PartitionKey eq '{PARTITION}'")
+        return sorted((VmRecord.from_entity(row) for row in rows), key=lambda r: r.name)
+
+    # --- membership ------------------------------------------------------------------------
+
+    def ensure_members(self, names: Iterable[str], slots: int,
+                       backend_ids: Mapping[str, str] | None = None) -> list[str]:
+        """Add missing members as deallocated; returns the names newly added.
+
+        Existing rows keep their state; their slot count and backend id follow the arguments
+        (so a changed `VM_SLOTS` takes effect without losing track of busy slots).
+        """
+        names = [validate_vm_name(n) for n in names]
+        if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 256:
+            raise ValueError(f"slots must be an integer from 1 to 256, got {slots!r}")
+        backend_ids = dict(backend_ids or {})
+        existing = {rec.name: rec for rec in self.list()}  # one query instead of N conflicts
+        added: list[str] = []
+        for name in names:
+            wanted_id = backend_ids.get(name)
+            current = existing.get(name)
+            if current is not None and current.slots == slots and (
+                    wanted_id is None or wanted_id == current.backend_id):
+                continue
+            if current is None:
+                now = utcnow()
+                record = VmRecord(name=name, backend_id=wanted_id or name, slots=slots,
+                                  state=VmState.DEALLOCATED, busy=0, last_activity=now,
+                                  last_heartbeat=None, state_since=now)
+                try:
+                    self.table.create_entity(record.to_entity())
+                    added.append(name)
+                    continue
+                except ResourceExistsError:
+                    pass  # added by someone else since the query
+
+            def update(rec: VmRecord, wanted_id: str | None = wanted_id) -> VmRecord | None:
+                new_id = wanted_id or rec.backend_id
+                if rec.slots == slots and rec.backend_id == new_id:
+                    return None
+                return replace(rec, slots=slots, backend_id=new_id)
+
+            self._mutate(name, update)
+        return added
+
+    def remove_member(self, vm: str) -> None:
+        """Delete a member's row; only a deallocated VM without work may leave."""
+        for attempt in range(MAX_ATTEMPTS):
+            rec = self.get(vm)
+            if rec.busy > 0:
+                raise VmBusy(f"VM {vm!r} holds {rec.busy} busy slot(s); it cannot be removed")
+            if rec.state != VmState.DEALLOCATED:
+                raise NotRemovable(
+                    f"VM {vm!r} is {rec.state.value}; only a deallocated VM can be removed")
+            try:
+                self.table.delete_entity(PARTITION, vm, etag=rec.etag,
+                                         match_condition=MatchConditions.IfNotModified)
+                return
+            except ResourceModifiedError:
+                _backoff(attempt)
+            except ResourceNotFoundError:
+                return
+        raise RegistryContention(f"VM {vm!r}: the row kept changing; not removed")
+
+    # --- state changes ---------------------------------------------------------------------
+
+    def transition(self, vm: str, to_state: VmState | str, allowed_from: Iterable[VmState | str],
+                   now: datetime | None = None, **fields_: Any) -> VmRecord:
+        """Move `vm` to `to_state` if it is in one of `allowed_from`; set `fields_` with it.
+
+        Entering deallocating or deallocated is refused (`VmBusy`) while the VM holds work.
+        """
+        target = VmState(to_state)
+        allowed = {VmState(s) for s in allowed_from}
+        unknown = set(fields_) - _TRANSITION_FIELDS
+        if unknown:
+            raise TypeError(f"transition() cannot set {', '.join(sorted(unknown))}")
+        if "reason" in fields_:
+            fields_["reason"] = str(fields_["reason"])[:MAX_REASON]
+        if "private_ip" in fields_:
+            fields_["private_ip"] = _check_address(fields_["private_ip"])
+        if "public_ip" in fields_:
+            fields_["public_ip"] = _check_address(fields_["public_ip"])
+
+        def change(rec: VmRecord) -> VmRecord:
+            if rec.state not in allowed:
+                raise InvalidTransition(
+                    f"VM {vm!r} is {rec.state.value}; cannot move to {target.value} (allowed "
+                    f"from {', '.join(sorted(s.value for s in allowed)) or 'nothing'})")
+            new = replace(rec, **fields_)
+            if not 0 <= new.busy <= max(new.slots, rec.busy):
+                raise ValueError(f"busy must be between 0 and {new.slots}, got {new.busy}")
+            if target in STOPPING and new.busy > 0:
+                raise VmBusy(f"VM {vm!r} holds {new.busy} busy slot(s); it cannot be "
+                             f"{target.value}")
+            stamp = now or utcnow()
+            if rec.state != target:
+                new.state = target
+                new.state_since = stamp
+                if target == VmState.RUNNING and rec.state == VmState.STARTING:
+                    new.boot_seconds = _elapsed(rec.state_since, stamp)
+                if target == VmState.RUNNING and "last_activity" not in fields_ and (
+                        rec.state != VmState.DRAINING):
+                    new.last_activity = stamp  # the idle cooldown starts when it comes up
+            return new
+
+        return self._mutate(vm, change)
+
+    def claim_slot(self, vm: str, now: datetime | None = None) -> bool:
+        """Take one slot on `vm` for an agent; False if the VM is full or not accepting work.
+
+        A claim on a starting VM proves its agent is up, so the VM becomes running.
+        """
+        taken = False
+
+        def claim(rec: VmRecord) -> VmRecord | None:
+            nonlocal taken
+            taken = False
+            if not rec.accepting:
+                return None
+            stamp = now or utcnow()
+            new = replace(rec, busy=rec.busy + 1, last_activity=stamp)
+            if rec.state == VmState.STARTING:
+                new.state, new.state_since = VmState.RUNNING, stamp
+                new.boot_seconds = _elapsed(rec.state_since, stamp)
+            taken = True
+            return new
+
+        self._mutate(vm, claim)
+        return taken
+
+    def release_slot(self, vm: str, now: datetime | None = None) -> None:
+        """Give a slot back (never below zero) and note the activity for the idle cooldown."""
+
+        def release(rec: VmRecord) -> VmRecord:
+            return replace(rec, busy=max(0, rec.busy - 1), last_activity=now or utcnow())
+
+        self._mutate(vm, release)
+
+    def heartbeat(self, vm: str, addresses: dict | None = None,
+                  now: datetime | None = None) -> None:
+        """Record that the agent on `vm` is alive (and where); a starting VM becomes running."""
+        updates: dict[str, str] = {}
+        for key, value in (addresses or {}).items():
+            if key not in ("private_ip", "public_ip"):
+                raise InvalidAddress(f"unknown address kind {key!r} (private_ip or public_ip)")
+            updates[key] = _check_address(value)
+
+        def beat(rec: VmRecord) -> VmRecord:
+            stamp = now or utcnow()
+            new = replace(rec, last_heartbeat=stamp, **updates)
+            if rec.state == VmState.STARTING:
+                new.state, new.state_since = VmState.RUNNING, stamp
+                new.boot_seconds = _elapsed(rec.state_since, stamp)
+                new.last_activity = stamp  # the idle cooldown starts when the VM is up
+            return new
+
+        self._mutate(vm, beat)
+
+    # --- the conditional write -------------------------------------------------------------
+
+    def _mutate(self, vm: str, change: Callable[[VmRecord], VmRecord | None]) -> VmRecord:
+        """Read, apply `change`, write with the ETag; retry on fresh data if the row moved.
+
+        `change` returns the new record, or None when nothing needs writing; it may raise to
+        refuse, and then nothing is written.
+        """
+        for attempt in range(MAX_ATTEMPTS):
+            rec = self.get(vm)
+            new = change(replace(rec))
+            if new is None:
+                return rec
+            try:
+                meta = self.table.update_entity(new.to_entity(), mode=UpdateMode.REPLACE,
+                                                etag=rec.etag,
+                                                match_condition=MatchConditions.IfNotModified)
+            except ResourceModifiedError:
+                _backoff(attempt)
+                continue
+            except ResourceNotFoundError:
+                raise UnknownVm(vm) from None
+            new.etag = (meta or {}).get("etag", "")
+            return new
+        raise RegistryContention(f"VM {vm!r}: the row kept changing; gave up after "
+                                 f"{MAX_ATTEMPTS} attempts")
+
+
+def _elapsed(since: datetime, now: datetime) -> float:
+    return max(0.0, (now - since).total_seconds())
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** attempt)))
+
+
+def record_fields() -> list[str]:
+    """Names of `VmRecord` fields (for API serialisers)."""
+    return [f.name for f in fields(VmRecord)]

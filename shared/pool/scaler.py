@@ -1,0 +1,441 @@
+"""The scaler: look at the pool, ask the policy, and carry its answer out safely.
+
+One `run_once` is: reconcile the pool table with what the backend says (finished operations,
+VMs that stopped or started outside the pool), build a `Snapshot` (VMs, queued messages, claimed
+steps), call `policy.decide`, and apply the actions through the backend and the registry.
+
+Every step is an ETag-checked transition, so a scaler racing another scaler or an agent loses
+cleanly instead of doing damage: a VM is drained (takes no new work) before it is deallocated,
+and the move to deallocating is refused while it holds a slot. Backend failures leave the row in
+a state that matches reality (a throttled start goes back to deallocated; a VM that is already
+starting stays starting) and are reported, not raised, so one bad VM does not stop the rest.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from shared.claims import ClaimStore
+from shared.pool import policy
+from shared.pool.backends.base import (
+    DEALLOCATED,
+    DEALLOCATING,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    BackendError,
+    InvalidOperation,
+    Operation,
+    OperationInProgress,
+    PoolBackend,
+    Throttled,
+    VmNotFound,
+)
+from shared.pool.members import parse_pool_vms
+from shared.pool.registry import (
+    InvalidTransition,
+    PoolRegistry,
+    RegistryContention,
+    UnknownVm,
+    VmBusy,
+    VmRecord,
+    VmState,
+)
+
+DEFAULT_BOOT_ESTIMATE_S = 90.0
+# A row turns `starting` just before the backend is asked; another scaler reconciling in that
+# moment must not take the still-deallocated VM for a failed start.
+START_GRACE_S = 60.0
+_UP = (VmState.STARTING, VmState.RUNNING, VmState.DRAINING)
+_ALIVE = (VmState.STARTING, VmState.RUNNING, VmState.DRAINING, VmState.DEALLOCATING)
+
+
+@dataclass
+class ScaleReport:
+    """What one scaler pass did; `errors` maps VM names to what went wrong with them."""
+
+    snapshot: policy.Snapshot | None = None
+    actions: policy.Actions | None = None
+    started: list[str] = field(default_factory=list)
+    drained: list[str] = field(default_factory=list)
+    deallocating: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    reconciled: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"started": self.started, "drained": self.drained,
+                "deallocating": self.deallocating, "failed": self.failed,
+                "reconciled": self.reconciled, "errors": self.errors,
+                "queued": self.snapshot.queued if self.snapshot else None,
+                "inFlight": self.snapshot.in_flight if self.snapshot else None}
+
+
+def _epoch(value: datetime) -> float:
+    return value.timestamp()
+
+
+def _as_datetime(now: datetime | float | None) -> datetime:
+    if now is None:
+        return datetime.now(timezone.utc)
+    if isinstance(now, datetime):
+        return now
+    return datetime.fromtimestamp(now, timezone.utc)
+
+
+def sync_members(registry: PoolRegistry, pool_vms: str, slots: int,
+                 backend: PoolBackend | None = None) -> list[str]:
+    """Make sure every VM of `POOL_VMS` has a row; returns the names newly added."""
+    names = parse_pool_vms(pool_vms)
+    ids = None
+    backend_id = getattr(backend, "backend_id", None)
+    if callable(backend_id):
+        ids = {name: backend_id(name) for name in names}
+    return registry.ensure_members(names, slots, ids)
+
+
+class Scaler:
+    """Applies `policy.decide` to one pool (registry + backend + work queue + claims)."""
+
+    def __init__(self, registry: PoolRegistry, backend: PoolBackend, queue: Any,
+                 claims: ClaimStore, config: policy.PolicyConfig,
+                 default_boot_estimate_s: float = DEFAULT_BOOT_ESTIMATE_S,
+                 min_reconcile_interval_s: float = 0.0) -> None:
+        self.registry = registry
+        self.backend = backend
+        self.queue = queue
+        self.claims = claims
+        self.config = config
+        self.default_boot_estimate_s = default_boot_estimate_s
+        # Passes triggered by every event would each read every VM's power state; ARM limits
+        # reads per subscription, so a busy app reconciles at most this often.
+        self.min_reconcile_interval_s = min_reconcile_interval_s
+        self._last_reconcile = float("-inf")
+
+    @classmethod
+    def from_settings(cls, settings: Any, connection: Any, backend: PoolBackend | None = None,
+                      **backend_options: Any) -> Scaler:
+        """A scaler wired to the app's tables, queue and configured backend."""
+        from datetime import timedelta  # noqa: PLC0415
+
+        from shared.pool.backends import make_backend  # noqa: PLC0415
+
+        tables = connection.table_service()
+        registry = PoolRegistry(tables.get_table_client(settings.vm_table))
+        claims = ClaimStore(tables.get_table_client(settings.claim_table),
+                            stale_after=timedelta(seconds=settings.heartbeat_timeout_seconds))
+        backend = backend or make_backend(settings, registry=registry, **backend_options)
+        config = policy.PolicyConfig(max_running=settings.pool_max_running,
+                                     idle_cooldown_s=float(settings.idle_cooldown_seconds),
+                                     boot_timeout_s=float(settings.boot_timeout_seconds))
+        return cls(registry, backend, connection.queue(settings.work_queue), claims, config,
+                   min_reconcile_interval_s=10.0)
+
+    # --- looking -----------------------------------------------------------------------------
+
+    def queued(self) -> int:
+        props = self.queue.get_queue_properties()
+        return int(props.approximate_message_count or 0)
+
+    def view(self, rec: VmRecord) -> policy.VmView:
+        busy = min(rec.busy, rec.slots)
+        return policy.VmView(
+            name=rec.name, state=rec.state.value, slots=rec.slots, busy=busy,
+            idle_since=_epoch(rec.last_activity) if busy == 0 else None,
+            state_since=_epoch(rec.state_since),
+            boot_estimate_s=rec.boot_seconds or self.default_boot_estimate_s)
+
+    def snapshot(self, now: datetime | float | None = None,
+                 records: Iterable[VmRecord] | None = None) -> policy.Snapshot:
+        stamp = _as_datetime(now)
+        recs = list(records) if records is not None else self.registry.list()
+        return policy.Snapshot(vms=tuple(self.view(r) for r in recs), queued=self.queued(),
+                               in_flight=len(self.claims.active()), now=_epoch(stamp))
+
+    # --- one pass ----------------------------------------------------------------------------
+
+    def run_once(self, now: datetime | float | None = None) -> ScaleReport:
+        """Reconcile, decide, apply. Never raises for a single VM's trouble (see `errors`)."""
+        stamp = _as_datetime(now)
+        report = ScaleReport()
+        clock = time.monotonic()
+        if clock - self._last_reconcile >= self.min_reconcile_interval_s:
+            self._last_reconcile = clock
+            self.reconcile(stamp, report)
+        report.snapshot = self.snapshot(stamp)
+        report.actions = policy.decide(report.snapshot, self.config)
+        if self.backend.manages_power:  # else the machines come and go by themselves
+            self.apply(report.actions, stamp, report)
+        return report
+
+    def apply(self, actions: policy.Actions, now: datetime | float | None = None,
+              report: ScaleReport | None = None) -> ScaleReport:
+        stamp = _as_datetime(now)
+        report = report or ScaleReport(actions=actions)
+        for vm in actions.mark_failed:
+            self._guard(vm, report, lambda v: self.mark_failed(
+                v, f"no sign of life within {self.config.boot_timeout_s:.0f}s of starting",
+                stamp, report))
+        for vm in getattr(actions, "drain", ()):
+            self._guard(vm, report, lambda v: self.drain(v, stamp, report))
+        for vm in actions.deallocate:
+            self._guard(vm, report, lambda v: self.stop(v, stamp, report))
+        for vm in actions.start:
+            self._guard(vm, report, lambda v: self.start(v, stamp, report))
+        return report
+
+    @staticmethod
+    def _guard(vm: str, report: ScaleReport, action: Any) -> None:
+        try:
+            action(vm)
+        except (UnknownVm, InvalidTransition, RegistryContention) as exc:
+            report.errors[vm] = str(exc)  # someone else moved first, or the VM left the pool
+
+    # --- actions on one VM (also used by pool changes from the API) ---------------------
+
+    def start(self, vm: str, now: datetime | float | None = None,
+              report: ScaleReport | None = None) -> VmRecord:
+        """Start a deallocated VM (or take a draining one back into service)."""
+        stamp = _as_datetime(now)
+        report = report if report is not None else ScaleReport()
+        rec = self.registry.get(vm)
+        if rec.state == VmState.DRAINING:
+            rec = self.registry.transition(vm, VmState.RUNNING, [VmState.DRAINING], now=stamp)
+            report.started.append(vm)
+            return rec
+        self.registry.transition(vm, VmState.STARTING, [VmState.DEALLOCATED], now=stamp,
+                                 reason="", operation="")
+        try:
+            op = self.backend.start(vm)
+        except OperationInProgress as exc:
+            return self._start_conflict(vm, str(exc), stamp, report)
+        except VmNotFound as exc:
+            report.errors[vm] = str(exc)
+            return self._fail(vm, str(exc), stamp, report, allowed=[VmState.STARTING])
+        except Throttled as exc:
+            report.errors[vm] = str(exc)
+            return self.registry.transition(vm, VmState.DEALLOCATED, [VmState.STARTING],
+                                            now=stamp, reason=_retry_text(exc))
+        except BackendError as exc:
+            report.errors[vm] = str(exc)
+            return self.registry.transition(vm, VmState.DEALLOCATED, [VmState.STARTING],
+                                            now=stamp, reason=f"start failed: {exc}")
+        report.started.append(vm)
+        return self.registry.transition(vm, VmState.STARTING, [VmState.STARTING], now=stamp,
+                                        operation=op.to_json())
+
+    def _start_conflict(self, vm: str, message: str, stamp: datetime,
+                        report: ScaleReport) -> VmRecord:
+        """The backend is busy with the VM: keep the row in line with what it really does."""
+        report.errors[vm] = message
+        try:
+            power = self.backend.power_state(vm)
+        except BackendError:
+            power = ""
+        if power in (RUNNING, STARTING):
+            return self.registry.transition(vm, VmState.STARTING, [VmState.STARTING],
+                                            now=stamp, reason=message)
+        return self.registry.transition(vm, VmState.DEALLOCATED, [VmState.STARTING], now=stamp,
+                                        reason=message)
+
+    def drain(self, vm: str, now: datetime | float | None = None,
+              report: ScaleReport | None = None) -> VmRecord:
+        """Take no new work on `vm`; it is deallocated once its busy slots are released."""
+        stamp = _as_datetime(now)
+        rec = self.registry.transition(vm, VmState.DRAINING,
+                                       [VmState.RUNNING, VmState.STARTING, VmState.DRAINING],
+                                       now=stamp)
+        if report is not None and vm not in report.drained:
+            report.drained.append(vm)
+        return rec
+
+    def stop(self, vm: str, now: datetime | float | None = None,
+             report: ScaleReport | None = None) -> VmRecord:
+        """Drain `vm`, and deallocate it if (and only if) it holds no work."""
+        stamp = _as_datetime(now)
+        report = report if report is not None else ScaleReport()
+        rec = self.registry.get(vm)
+        if rec.state in (VmState.DEALLOCATING, VmState.DEALLOCATED):
+            return rec
+        rec = self.drain(vm, stamp, report)
+        if rec.busy > 0:
+            return rec  # drained; the pass after its last release deallocates it
+        try:
+            rec = self.registry.transition(vm, VmState.DEALLOCATING, [VmState.DRAINING],
+                                           now=stamp)
+        except VmBusy:
+            return self.registry.get(vm)  # an agent took a slot before the drain landed
+        if vm in report.drained:
+            report.drained.remove(vm)  # it is past draining now
+        try:
+            op = self.backend.deallocate(vm)
+        except VmNotFound as exc:
+            report.errors[vm] = str(exc)
+            return self._fail(vm, str(exc), stamp, report, allowed=[VmState.DEALLOCATING])
+        except OperationInProgress as exc:
+            report.errors[vm] = str(exc)
+            try:
+                power = self.backend.power_state(vm)
+            except BackendError:
+                power = ""
+            if power in (DEALLOCATING, DEALLOCATED):
+                return self.registry.transition(vm, VmState.DEALLOCATING,
+                                                [VmState.DEALLOCATING], now=stamp,
+                                                reason=str(exc))
+            return self.registry.transition(vm, VmState.DRAINING, [VmState.DEALLOCATING],
+                                            now=stamp, reason=str(exc))
+        except BackendError as exc:  # throttled or failed: stay drained, retry next pass
+            report.errors[vm] = str(exc)
+            reason = _retry_text(exc) if isinstance(exc, Throttled) else f"deallocate failed: {exc}"
+            return self.registry.transition(vm, VmState.DRAINING, [VmState.DEALLOCATING],
+                                            now=stamp, reason=reason)
+        report.deallocating.append(vm)
+        return self.registry.transition(vm, VmState.DEALLOCATING, [VmState.DEALLOCATING],
+                                        now=stamp, operation=op.to_json(), reason="")
+
+    def mark_failed(self, vm: str, reason: str, now: datetime | float | None = None,
+                    report: ScaleReport | None = None) -> VmRecord:
+        """Give up on `vm`; if it holds no work, also ask the backend to stop it (cost)."""
+        stamp = _as_datetime(now)
+        report = report if report is not None else ScaleReport()
+        rec = self._fail(vm, reason, stamp, report, allowed=list(_ALIVE))
+        if rec.busy == 0:
+            try:
+                self.backend.deallocate(vm)
+            except BackendError as exc:
+                report.errors[vm] = f"{reason}; deallocating it failed too: {exc}"
+        return rec
+
+    def _fail(self, vm: str, reason: str, stamp: datetime, report: ScaleReport,
+              allowed: list[VmState], **fields_: Any) -> VmRecord:
+        rec = self.registry.transition(vm, VmState.FAILED, allowed, now=stamp, reason=reason,
+                                       operation="", **fields_)
+        report.failed.append(vm)
+        return rec
+
+    # --- reconcile ---------------------------------------------------------------------------
+
+    def reconcile(self, now: datetime | float | None = None,
+                  report: ScaleReport | None = None) -> ScaleReport:
+        """Bring the table in line with the backend: finished operations and power states."""
+        stamp = _as_datetime(now)
+        report = report if report is not None else ScaleReport()
+        for rec in self.registry.list():
+            try:
+                if rec.state == VmState.FAILED:
+                    self._maybe_recovered(rec, stamp, report)
+                else:
+                    self._reconcile_one(rec, stamp, report)
+            except (UnknownVm, InvalidTransition, RegistryContention) as exc:
+                report.errors.setdefault(rec.name, str(exc))
+            except Throttled as exc:
+                report.errors[rec.name] = _retry_text(exc)
+                break  # asking about the other VMs now would only be throttled too
+            except BackendError as exc:
+                report.errors[rec.name] = str(exc)
+        return report
+
+    def _maybe_recovered(self, rec: VmRecord, stamp: datetime, report: ScaleReport) -> None:
+        """A failed VM whose agent heartbeats after the failure (a slow boot) is taken back."""
+        if rec.last_heartbeat is None or rec.last_heartbeat <= rec.state_since:
+            return
+        if self.backend.power_state(rec.name) != RUNNING:
+            return
+        new = self.registry.transition(rec.name, VmState.RUNNING, [VmState.FAILED], now=stamp,
+                                       reason=f"recovered (was failed: {rec.reason})"[:1000])
+        report.reconciled[rec.name] = new.state.value
+
+    def _reconcile_one(self, rec: VmRecord, stamp: datetime, report: ScaleReport) -> None:
+        vm = rec.name
+        in_flight = False
+        if rec.operation:
+            in_flight = self._follow_operation(rec, stamp, report)
+            rec = self.registry.get(vm)
+            if rec.state == VmState.FAILED:
+                return
+        try:
+            power = self.backend.power_state(vm)
+        except VmNotFound as exc:
+            self._fail(vm, str(exc), stamp, report, allowed=list(VmState), busy=0)
+            report.reconciled[vm] = VmState.FAILED.value
+            return
+        new: VmRecord | None = None
+        gone = power in (DEALLOCATED, STOPPED)
+        if rec.state == VmState.DEALLOCATING and power == DEALLOCATED:
+            new = self.registry.transition(vm, VmState.DEALLOCATED, [VmState.DEALLOCATING],
+                                           now=stamp, operation="", reason="")
+        elif (rec.state == VmState.STARTING and gone and not in_flight
+              and _elapsed(rec.state_since, stamp) > START_GRACE_S):
+            new = self._fail(vm, f"the VM is {power} although it was started", stamp, report,
+                             allowed=[VmState.STARTING])
+        elif rec.state in (VmState.RUNNING, VmState.DRAINING) and gone:
+            if rec.busy == 0:
+                new = self.registry.transition(
+                    vm, VmState.DEALLOCATED, [rec.state], now=stamp, operation="",
+                    reason=f"{power} outside the pool")
+            else:
+                new = self._fail(vm, f"{power} while holding {rec.busy} slot(s); its work will "
+                                     "be retried elsewhere", stamp, report,
+                                 allowed=[rec.state], busy=0)
+        elif rec.state == VmState.DEALLOCATED and power in (RUNNING, STARTING):
+            target = VmState.RUNNING if power == RUNNING else VmState.STARTING
+            new = self.registry.transition(vm, target, [VmState.DEALLOCATED], now=stamp,
+                                           reason="started outside the pool")
+        elif rec.state == VmState.RUNNING and power == RUNNING and not rec.private_ip:
+            addresses = self.backend.addresses(vm)
+            self.registry.transition(vm, VmState.RUNNING, [VmState.RUNNING], now=stamp,
+                                     private_ip=addresses.get("private_ip") or "",
+                                     public_ip=addresses.get("public_ip") or "")
+        if new is not None:
+            report.reconciled[vm] = new.state.value
+
+    def _follow_operation(self, rec: VmRecord, stamp: datetime, report: ScaleReport) -> bool:
+        """Poll the VM's stored operation once; True while it is still running."""
+        try:
+            op = Operation.from_json(rec.operation)
+            status = self.backend.poll(op)
+        except InvalidOperation as exc:
+            self.registry.transition(rec.name, rec.state, [rec.state], now=stamp, operation="",
+                                     reason=f"dropped an unreadable operation: {exc}")
+            return False
+        if not status.done:
+            if status.operation != op:
+                self.registry.transition(rec.name, rec.state, [rec.state], now=stamp,
+                                         operation=status.operation.to_json())
+            return True
+        if status.succeeded:
+            self.registry.transition(rec.name, rec.state, [rec.state], now=stamp, operation="")
+            return False
+        error = status.error or f"{op.kind} {status.status}"
+        report.errors[rec.name] = error
+        if op.kind == "start" and rec.state == VmState.STARTING:
+            self._fail(rec.name, f"start failed: {error}", stamp, report,
+                       allowed=[VmState.STARTING])
+        elif op.kind == "deallocate" and rec.state == VmState.DEALLOCATING:
+            self.registry.transition(rec.name, VmState.DRAINING, [VmState.DEALLOCATING],
+                                     now=stamp, operation="",
+                                     reason=f"deallocate failed: {error}")
+        else:
+            self.registry.transition(rec.name, rec.state, [rec.state], now=stamp,
+                                     operation="", reason=f"{op.kind} failed: {error}")
+        return False
+
+
+def _elapsed(since: datetime, now: datetime) -> float:
+    return (now - since).total_seconds()
+
+
+def _retry_text(exc: BackendError) -> str:
+    after = getattr(exc, "retry_after", None)
+    return f"throttled ({exc}); retry after {after:g}s" if after else f"throttled ({exc})"
+
+
+def run_scaler(settings: Any, connection: Any, now: float | None = None,
+               **backend_options: Any) -> ScaleReport:
+    """One backstop pass for a timer or an event: members from settings, then `run_once`."""
+    scaler = Scaler.from_settings(settings, connection, **backend_options)
+    sync_members(scaler.registry, settings.pool_vms, settings.vm_slots, scaler.backend)
+    return scaler.run_once(now if now is not None else time.time())
