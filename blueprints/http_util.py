@@ -1,0 +1,40 @@
+"""JSON responses and the error envelope shared by the HTTP functions."""
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import azure.functions as func
+
+from shared.api import ApiError
+
+log = logging.getLogger(__name__)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body, default=str), status_code=status,
+                             mimetype="application/json", headers=headers)
+
+
+def error_response(error: ApiError) -> func.HttpResponse:
+    return json_response(error.body(), error.status)
+
+
+def api_errors(handler: Callable[..., Awaitable[func.HttpResponse]]
+               ) -> Callable[..., Awaitable[func.HttpResponse]]:
+    """Turn `ApiError` into its JSON envelope and anything unexpected into a bare 500."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> func.HttpResponse:
+        try:
+            return await handler(*args, **kwargs)
+        except ApiError as exc:
+            return error_response(exc)
+        except Exception:  # noqa: BLE001 - callers get no stack traces
+            log.exception("unhandled error in %s", handler.__name__)
+            return error_response(ApiError(500, "InternalError",
+                                           "the request failed; see the app's logs"))
+
+    return wrapper

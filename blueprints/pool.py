@@ -1,0 +1,86 @@
+"""The pool area: the scaler backstop timer, pool status, and pool changes as orchestrations."""
+import logging
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from blueprints.http_util import api_errors, json_response
+from shared import orchestrations
+from shared.api import not_found, parse_json_body, require_object
+from shared.capacity import get_scaler, pool_status, request_capacity
+from shared.changes import parse_change, record_change, run_step, valid_change_id
+from shared.pool.backends.base import BackendError, Throttled
+from shared.pool.registry import RegistryError
+from shared.services import get_services
+
+bp = df.Blueprint()
+log = logging.getLogger(__name__)
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%SCALER_SCHEDULE%", run_on_startup=True)
+def pool_scaler_timer(timer: func.TimerRequest) -> None:
+    """Backstop: idle VMs past cooldown, VMs that never came up, claims of silent VMs."""
+    applied = request_capacity(get_services(), "timer")
+    if any(applied.get(k) for k in ("start", "deallocate", "mark_failed", "abandoned")):
+        log.info("pool_scaler_timer: %s", applied)
+
+
+@bp.route(route="pool", methods=["GET"])
+@api_errors
+async def pool_status_http(req: func.HttpRequest) -> func.HttpResponse:
+    return json_response(pool_status(get_services()))
+
+
+@bp.route(route="changes", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+@api_errors
+async def submit_change_http(req: func.HttpRequest,
+                             client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    services = get_services()
+    data = require_object(parse_json_body(req.get_body(), services.settings.max_body_bytes))
+    change = parse_change(services, data)
+    await client.start_new("pool_change", change.change_id, change.to_input())
+    record_change(services, {**change.to_input(), "status": "pending"})
+    return json_response({"changeId": change.change_id,
+                          "statusUrl": f"/api/changes/{change.change_id}"}, 202)
+
+
+@bp.route(route="changes/{change_id}", methods=["GET"])
+@bp.durable_client_input(client_name="client")
+@api_errors
+async def get_change_http(req: func.HttpRequest,
+                          client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    change_id = req.route_params.get("change_id", "")
+    if not valid_change_id(change_id):
+        raise not_found(f"change '{change_id[:100]}' does not exist")
+    status = await client.get_status(change_id)
+    if status is None or status.runtime_status is None:
+        raise not_found(f"change '{change_id}' does not exist")
+    return json_response({"changeId": change_id, "runtimeStatus": status.runtime_status.value,
+                          **(status.custom_status or {}), "input": status.input_,
+                          "output": status.output})
+
+
+@bp.orchestration_trigger(context_name="context")
+def pool_change(context: df.DurableOrchestrationContext):
+    return (yield from orchestrations.pool_change(context))
+
+
+@bp.activity_trigger(input_name="request")
+def change_step_activity(request: dict) -> dict:
+    """One step of a change, once; backend errors become the step's error, not a crash."""
+    services = get_services()
+    try:
+        return run_step(services, get_scaler(services), request["step"], request["spec"],
+                        request.get("operation"))
+    except Throttled as exc:
+        return {"done": False, "operation": request.get("operation"),
+                "retryAfter": exc.retry_after or 30, "error": ""}
+    except (BackendError, RegistryError) as exc:
+        return {"done": True, "operation": None, "error": str(exc)}
+
+
+@bp.activity_trigger(input_name="change")
+def record_change_activity(change: dict) -> dict:
+    record_change(get_services(), change)
+    return {"changeId": change["changeId"], "status": change["status"]}

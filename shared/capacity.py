@@ -1,0 +1,72 @@
+"""Capacity on demand: run the pool policy on every event (work issued, job finished, VM
+idle) and on the backstop timer, through one scaler per process.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from shared.pool.scaler import Scaler, sync_members
+from shared.services import Services
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_scalers: dict[int, Scaler] = {}
+
+
+def _scaler(services: Services) -> Scaler:
+    """The process's scaler; pool members from `POOL_VMS` are synced when it is built."""
+    with _lock:
+        scaler = _scalers.get(id(services))
+        if scaler is None:
+            scaler = Scaler.from_settings(services.settings, services.connection)
+            sync_members(scaler.registry, services.settings.pool_vms,
+                         services.settings.vm_slots, scaler.backend)
+            _scalers[id(services)] = scaler
+        return scaler
+
+
+def get_scaler(services: Services) -> Scaler:
+    return _scaler(services)
+
+
+def request_capacity(services: Services, reason: str) -> dict[str, Any]:
+    """One scaler pass. On the timer, also hand the claims of silent VMs back to the queue."""
+    scaler = _scaler(services)
+    abandoned = []
+    if reason == "timer":
+        sync_members(scaler.registry, services.settings.pool_vms, services.settings.vm_slots,
+                     scaler.backend)
+        for claim in services.claims.abandon_stale():
+            abandoned.append(f"{claim.job_id}/{claim.step_key}")
+            try:
+                scaler.registry.release_slot(claim.vm)
+            except Exception:  # noqa: BLE001 - the VM may have been removed meanwhile
+                log.warning("could not release a slot of %s", claim.vm)
+    report = scaler.run_once()
+    out = report.to_dict()
+    out.update(reason=reason, abandoned=abandoned,
+               start=list(report.actions.start) if report.actions else [],
+               deallocate=list(report.actions.deallocate) if report.actions else [],
+               mark_failed=list(report.actions.mark_failed) if report.actions else [])
+    if out["start"] or out["deallocate"] or out["mark_failed"]:
+        services.log.write("pool.scaled", f"{reason}: start {out['start']}, deallocate "
+                           f"{out['deallocate']}, failed {out['mark_failed']}", data=out)
+    return out
+
+
+def pool_status(services: Services) -> dict[str, Any]:
+    """`GET /api/pool`: every VM with its state and load, and the backlog."""
+    scaler = _scaler(services)
+    vms = []
+    for rec in scaler.registry.list():
+        vms.append({"name": rec.name, "state": rec.state.value, "slots": rec.slots,
+                    "busy": rec.busy, "lastActivity": rec.last_activity.isoformat(),
+                    "lastHeartbeat": rec.last_heartbeat.isoformat()
+                    if rec.last_heartbeat else None,
+                    "stateSince": rec.state_since.isoformat(), "privateIp": rec.private_ip or None,
+                    "publicIp": rec.public_ip or None, "reason": rec.reason or None})
+    return {"backend": services.settings.pool_backend, "vms": vms, "queued": scaler.queued(),
+            "inFlight": len(services.claims.active()),
+            "maxRunning": services.settings.pool_max_running}

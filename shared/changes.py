@@ -1,0 +1,165 @@
+"""Pool changes (`POST /api/changes`): validated requests turned into ordered steps.
+
+A change is an orchestration. Each step is one backend or registry action on one VM; steps of
+one VM depend on the previous one (provision before register, drain before deallocate); a slow
+backend operation is begun by one activity call and polled by the next after a durable timer,
+so nothing blocks a worker while Azure works. Progress is the orchestration's custom status and
+a row in `tblchange`.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from azure.data.tables import UpdateMode
+
+from shared.api import ApiError, bad_request, conflict, field, not_found
+from shared.pool.backends.base import DEALLOCATED, RUNNING, STOPPED, Operation
+from shared.pool.members import is_valid_vm_name
+from shared.pool.registry import UnknownVm, VmState
+from shared.pool.scaler import Scaler
+from shared.services import Services
+
+CHANGE_TYPES = ("pool.add", "pool.remove", "pool.start", "pool.stop")
+MAX_VMS_PER_CHANGE = 100
+_SPEC_KEYS = {"size", "image", "subnetId", "publicIp", "adminUsername", "sshPublicKey", "slots"}
+
+# The steps each change type runs per VM, in order.
+PLANS: dict[str, tuple[str, ...]] = {
+    "pool.add": ("provision", "register"),
+    "pool.remove": ("drain", "wait_idle", "deallocate", "delete", "unregister"),
+    "pool.start": ("start",),
+    "pool.stop": ("drain", "wait_idle", "deallocate"),
+}
+
+
+class StepFailed(RuntimeError):
+    """A change step failed for a reason that retrying will not fix."""
+
+
+@dataclass(frozen=True)
+class ChangeRequest:
+    change_id: str
+    change_type: str
+    vms: tuple[str, ...]
+    spec: dict[str, Any]
+
+    def steps(self) -> list[dict[str, Any]]:
+        return [{"vm": vm, "step": step, "status": "pending"}
+                for vm in self.vms for step in PLANS[self.change_type]]
+
+    def to_input(self) -> dict[str, Any]:
+        return {"changeId": self.change_id, "changeType": self.change_type,
+                "vms": list(self.vms), "spec": self.spec, "steps": self.steps()}
+
+
+def parse_change(services: Services, data: dict[str, Any]) -> ChangeRequest:
+    """Validate against the pool as it is now; refuse before anything changes."""
+    change_type = field(data, "changeType", str)
+    if change_type not in CHANGE_TYPES:
+        raise bad_request(f"field 'changeType' must be one of {', '.join(CHANGE_TYPES)}")
+    vms = field(data, "vms", list)
+    if not vms or len(vms) > MAX_VMS_PER_CHANGE:
+        raise bad_request(f"field 'vms' must list 1-{MAX_VMS_PER_CHANGE} VM names")
+    if not all(isinstance(v, str) and is_valid_vm_name(v) for v in vms):
+        raise bad_request("field 'vms' holds an invalid VM name")
+    if len(set(vms)) != len(vms):
+        raise bad_request("field 'vms' lists a VM twice")
+    spec = field(data, "spec", dict, required=False, default={})
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        raise bad_request(f"field 'spec' has unknown keys: {', '.join(sorted(unknown))}")
+    members = {r.name: r for r in services.registry.list()}
+    for vm in vms:
+        if change_type == "pool.add":
+            if vm in members:
+                raise conflict(f"VM '{vm}' is already a member of the pool")
+        elif vm not in members:
+            raise not_found(f"VM '{vm}' is not a member of the pool")
+    if change_type == "pool.add" and services.settings.pool_backend == "external":
+        raise ApiError(409, "NotSupported", "the external backend provisions nothing")
+    return ChangeRequest(f"change-{uuid.uuid4().hex[:16]}", change_type, tuple(vms), spec)
+
+
+_CHANGE_ID = re.compile(r"^change-[0-9a-f]{16}$")
+
+
+def valid_change_id(change_id: str) -> bool:
+    return bool(_CHANGE_ID.match(change_id))
+
+
+def run_step(services: Services, scaler: Scaler, step: dict[str, Any],
+             spec: dict[str, Any], operation: str | None) -> dict[str, Any]:
+    """Do (or poll) one step once. Returns {"done", "operation", "error"}.
+
+    Start and stop go through the scaler, so the pool row and the machine move together;
+    provisioning and deletion are backend operations polled by handle.
+    """
+    vm, kind = step["vm"], step["step"]
+    registry, backend = scaler.registry, scaler.backend
+    if kind in ("provision", "delete"):
+        if operation is None:
+            op = (backend.provision({**spec, "name": vm}) if kind == "provision"
+                  else backend.delete(vm))
+            return {"done": False, "operation": op.to_json(), "error": ""}
+        status = backend.poll(Operation.from_json(operation))
+        if not status.done:
+            return {"done": False, "operation": status.operation.to_json(), "error": ""}
+        return {"done": True, "operation": None,
+                "error": "" if status.succeeded else (status.error or status.status)}
+    if kind == "register":
+        slots = int(spec.get("slots") or services.settings.vm_slots)
+        registry.ensure_members([vm], slots)
+        return _done()
+    if kind == "start":
+        if operation is None:
+            scaler.start(vm)
+        return _wait_power(scaler, vm, RUNNING)
+    if kind == "drain":
+        if registry.get(vm).state not in (VmState.DEALLOCATED, VmState.FAILED):
+            scaler.drain(vm)
+        return _done()
+    if kind == "wait_idle":
+        return {"done": registry.get(vm).busy == 0, "operation": None, "error": ""}
+    if kind == "deallocate":
+        if operation is None and registry.get(vm).state != VmState.DEALLOCATED:
+            scaler.stop(vm)
+        return _wait_power(scaler, vm, DEALLOCATED)
+    if kind == "unregister":
+        try:
+            registry.remove_member(vm)
+        except UnknownVm:
+            pass
+        return _done()
+    raise StepFailed(f"unknown step {kind!r}")
+
+
+def _done() -> dict[str, Any]:
+    return {"done": True, "operation": None, "error": ""}
+
+
+def _wait_power(scaler: Scaler, vm: str, wanted: str) -> dict[str, Any]:
+    """Done once the machine reports `wanted`; a failed row ends the step with its reason."""
+    record = scaler.registry.get(vm)
+    if record.state == VmState.FAILED:
+        return {"done": True, "operation": None, "error": record.reason or "VM failed"}
+    power = scaler.backend.power_state(vm)
+    if power == wanted or (wanted == DEALLOCATED and power == STOPPED):
+        if wanted == DEALLOCATED and record.state == VmState.DEALLOCATING:
+            scaler.registry.transition(vm, VmState.DEALLOCATED, [VmState.DEALLOCATING])
+        return _done()
+    return {"done": False, "operation": "waiting", "error": ""}
+
+
+def record_change(services: Services, change: dict[str, Any]) -> None:
+    """Upsert the change's row so it can be listed after its orchestration is purged."""
+    steps = change.get("steps", [])
+    services.table(services.settings.change_table).upsert_entity({
+        "PartitionKey": change["changeId"], "RowKey": "change",
+        "changeType": change["changeType"], "status": change.get("status", "running"),
+        "progress": f"{sum(1 for s in steps if s['status'] == 'done')}/{len(steps)}",
+        "vms": ",".join(change["vms"]), "error": change.get("error", "")[:8000],
+        "updatedAt": datetime.now(timezone.utc)}, mode=UpdateMode.REPLACE)

@@ -1,0 +1,54 @@
+"""What the ingest triggers decide: which run a timer tick is, which blobs start a job."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from cronsim import CronSim
+
+from shared.naming import BlobNameError, check_blob_name, run_instance_id
+from shared.orchestrations import file_job_input
+from shared.pipeline import BlobMissing, describe_blob
+from shared.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def scheduled_time(schedule: str, now: datetime) -> datetime:
+    """The schedule occurrence a timer firing at `now` belongs to (tolerates a late or early
+    fire of up to a second), so both fires of a double tick map to the same run id."""
+    return next(CronSim(schedule, now + timedelta(seconds=1), reverse=True))
+
+
+def run_input_for_tick(services: Services, now: datetime) -> tuple[str, dict[str, Any]]:
+    s = services.settings
+    when = scheduled_time(s.collect_schedule, now)
+    run_id = run_instance_id(when)
+    return run_id, {"runId": run_id, "source": s.collect_source,
+                    "scheduledAt": when.isoformat(), "container": s.data_container,
+                    "jobTemplate": file_job_input(s, s.data_container, "", "")}
+
+
+def file_start_for_blob(services: Services, container: str, name: str
+                        ) -> tuple[str, dict[str, Any]] | None:
+    """(instance id, input) for a new blob, or None when the blob is not ours to start:
+    it carries `run_id` (its run owns it), it is gone, or its name is hostile."""
+    try:
+        check_blob_name(name)
+        ref = describe_blob(services, container, name)
+    except (BlobNameError, BlobMissing) as exc:
+        log.warning("blob %r/%r ignored: %s", container, name[:200], exc)
+        return None
+    props = services.blobs.get_blob_client(container, name).get_blob_properties()
+    if (props.metadata or {}).get("run_id"):
+        return None
+    return ref.instance_id, file_job_input(services.settings, container, name, ref.instance_id)
+
+
+def split_blob_path(path: str, default_container: str) -> tuple[str, str]:
+    """`data/x/y.json` → (`data`, `x/y.json`); a bare name belongs to the default container."""
+    if "/" in path:
+        container, name = path.split("/", 1)
+        return container, name
+    return default_container, path

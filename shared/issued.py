@@ -1,0 +1,56 @@
+"""Issued work items, kept beside their job row (`tblresult`, RowKey `item-STEP-ATTEMPT`).
+
+The done callback must rebuild exactly the work item the app issued to verify its token and to
+refuse answers for attempts that were never issued; it also records the first acknowledgement
+so a repeated callback is a no-op.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, UpdateMode
+
+from shared.workitem import WorkItem
+
+
+def _row_key(step: int, attempt: int) -> str:
+    return f"item-{step:03d}-{attempt:03d}"
+
+
+class IssuedItems:
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    def record(self, item: WorkItem) -> None:
+        """Remember the issued item (without its token); repeat-safe."""
+        try:
+            self.table.create_entity({
+                "PartitionKey": item.job_id, "RowKey": _row_key(item.step, item.attempt),
+                "instanceId": item.instance_id, "step": item.step, "action": item.action,
+                "blob": item.blob, "attempt": item.attempt,
+                "issuedAt": datetime.now(timezone.utc)})
+        except ResourceExistsError:
+            pass
+
+    def get(self, job_id: str, step: int, attempt: int) -> tuple[WorkItem, bool, str] | None:
+        """(item, acknowledged?, etag) or None when this attempt was never issued."""
+        try:
+            row = self.table.get_entity(job_id, _row_key(step, attempt))
+        except ResourceNotFoundError:
+            return None
+        item = WorkItem(job_id=job_id, instance_id=row["instanceId"], step=row["step"],
+                        action=row["action"], blob=row["blob"], attempt=row["attempt"])
+        return item, bool(row.get("ackedAt")), row.metadata["etag"]
+
+    def acknowledge(self, job_id: str, step: int, attempt: int, etag: str, vm: str) -> bool:
+        """Mark the first accepted callback; False if another request acknowledged first."""
+        try:
+            self.table.update_entity(
+                {"PartitionKey": job_id, "RowKey": _row_key(step, attempt),
+                 "ackedAt": datetime.now(timezone.utc), "ackedBy": vm},
+                mode=UpdateMode.MERGE, etag=etag, match_condition=MatchConditions.IfNotModified)
+            return True
+        except ResourceModifiedError:
+            return False

@@ -1,0 +1,194 @@
+"""Orchestrator bodies (generators over a Durable context), kept free of azure.functions.
+
+Rules: deterministic replay — no I/O, no clocks but `context.current_utc_datetime`, no random;
+everything that touches storage is an activity. Configuration (actions, retries, timeouts) is
+captured in the orchestration's input when it starts, so a settings change or a deployment never
+alters an instance that is already running.
+"""
+from __future__ import annotations
+
+from collections.abc import Generator
+from datetime import timedelta
+from typing import Any
+
+import azure.durable_functions as df
+
+from shared.settings import Settings
+
+RUN_CHUNK = 50  # sub-orchestrations per generation of process_run (bounds its history)
+# Orchestration versions this code can replay. host.json's `defaultVersion` stamps new
+# instances; an instance of a version this code does not know fails fast instead of replaying
+# a history written by different code (deploy newer code beside it; see docs/deployment.md).
+KNOWN_VERSIONS = ("1.0",)
+ACTIVITY_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2000,
+                                 max_number_of_attempts=5)
+
+
+class UnsupportedVersion(RuntimeError):
+    """The instance was started by a version of the app this code cannot replay."""
+
+
+def check_version(context: df.DurableOrchestrationContext) -> str:
+    version = context.version or KNOWN_VERSIONS[0]  # started before versions were stamped
+    if version not in KNOWN_VERSIONS:
+        raise UnsupportedVersion(f"orchestration version {version!r} is not one of "
+                                 f"{', '.join(KNOWN_VERSIONS)}")
+    return version
+
+
+def file_job_input(settings: Settings, container: str, blob: str, instance_id: str,
+                   run_id: str = "") -> dict[str, Any]:
+    """Everything `process_file` needs, fixed at start."""
+    return {"jobId": instance_id, "instanceId": instance_id, "container": container,
+            "blob": blob, "runId": run_id, "actions": list(settings.pipeline_actions),
+            "maxAttempts": settings.max_attempts, "timeoutS": settings.job_timeout_seconds,
+            "backoffS": settings.retry_backoff_seconds}
+
+
+def process_file(context: df.DurableOrchestrationContext) -> Generator[Any, Any, dict]:
+    """One file through every action: work item, capacity, done-or-timeout, bounded retries."""
+    check_version(context)
+    job = context.get_input()
+    yield context.call_activity_with_retry("start_job_activity", ACTIVITY_RETRY, job)
+    blob = f"{job['container']}/{job['blob']}"
+    outcome: dict[str, Any] = {"jobId": job["jobId"], "status": "succeeded", "error": "",
+                               "bytesIn": 0, "bytesOut": 0, "output": "", "vm": ""}
+    for step, action in enumerate(job["actions"]):
+        result = yield from _run_step(context, job, step, action, blob)
+        if result.get("status") != "succeeded":
+            outcome.update(status="failed", error=result.get("error") or "step failed",
+                           vm=result.get("vm", ""))
+            break
+        if step == 0:
+            outcome["bytesIn"] = int(result.get("bytesIn") or 0)
+        outcome.update(bytesOut=int(result.get("bytesOut") or 0),
+                       output=result.get("output") or "", vm=result.get("vm", ""))
+        blob = outcome["output"] or blob  # the next step consumes this step's output
+    context.set_custom_status({"state": "recording", "status": outcome["status"]})
+    recorded = yield context.call_activity_with_retry("finish_job_activity", ACTIVITY_RETRY,
+                                                      outcome)
+    yield context.call_activity_with_retry("request_capacity_activity", ACTIVITY_RETRY,
+                                           {"reason": "job finished"})
+    return {**outcome, "durationMs": recorded.get("durationMs", 0)}
+
+
+def _run_step(context: df.DurableOrchestrationContext, job: dict[str, Any], step: int,
+              action: str, blob: str) -> Generator[Any, Any, dict]:
+    error = ""
+    for attempt in range(1, int(job["maxAttempts"]) + 1):
+        context.set_custom_status({"state": "waiting", "step": step, "action": action,
+                                   "attempt": attempt})
+        issued = yield context.call_activity_with_retry(
+            "issue_work_item_activity", ACTIVITY_RETRY,
+            {"jobId": job["jobId"], "instanceId": context.instance_id, "step": step,
+             "action": action, "blob": blob, "attempt": attempt})
+        yield context.call_activity_with_retry("request_capacity_activity", ACTIVITY_RETRY,
+                                               {"reason": "work issued"})
+        deadline = context.current_utc_datetime + timedelta(seconds=int(job["timeoutS"]))
+        done = context.wait_for_external_event(issued["eventName"])
+        timer = context.create_timer(deadline)
+        winner = yield context.task_any([done, timer])
+        if winner == done:
+            if not timer.is_completed:
+                timer.cancel()
+            result = done.result if isinstance(done.result, dict) else {}
+            if result.get("status") == "succeeded":
+                return result
+            error = result.get("error") or f"exit code {result.get('exitCode')}"
+        else:
+            error = f"step {step} ({action}) attempt {attempt} timed out"
+        if attempt < int(job["maxAttempts"]):
+            backoff = float(job["backoffS"]) * (2 ** (attempt - 1))
+            yield context.create_timer(context.current_utc_datetime + timedelta(seconds=backoff))
+    return {"status": "failed", "error": error}
+
+
+def process_run(context: df.DurableOrchestrationContext) -> Generator[Any, Any, dict]:
+    """A batch: collect or list files, fan out `process_file` in chunks, fan in a summary."""
+    check_version(context)
+    run = context.get_input()
+    if "files" not in run:
+        if run.get("source"):
+            files = yield context.call_activity_with_retry("collect_data_activity",
+                                                           ACTIVITY_RETRY, run)
+        else:
+            files = yield context.call_activity_with_retry("list_files_activity",
+                                                           ACTIVITY_RETRY, run)
+        run = {**run, "files": files, "offset": 0, "startedAt":
+               context.current_utc_datetime.isoformat(),
+               "summary": {"files": len(files), "succeeded": 0, "failed": 0, "bytesIn": 0,
+                           "bytesOut": 0}}
+    files, offset, summary = run["files"], run["offset"], dict(run["summary"])
+    chunk = files[offset:offset + RUN_CHUNK]
+    context.set_custom_status({"state": "processing", "done": offset, "files": len(files)})
+    tasks = []
+    for f in chunk:
+        # Own ids per run, so a run over blobs the blob trigger already saw cannot collide.
+        instance_id = f"{run['runId']}-{f['instanceId'].removeprefix('file-')[:24]}"
+        tasks.append(context.call_sub_orchestrator(
+            "process_file", {**run["jobTemplate"], "jobId": instance_id,
+                             "instanceId": instance_id, "container": f["container"],
+                             "blob": f["name"], "runId": run["runId"]},
+            instance_id=instance_id))
+    results = (yield context.task_all(tasks)) if tasks else []
+    for result in results:
+        key = "succeeded" if result.get("status") == "succeeded" else "failed"
+        summary[key] += 1
+        summary["bytesIn"] += int(result.get("bytesIn") or 0)
+        summary["bytesOut"] += int(result.get("bytesOut") or 0)
+    offset += len(chunk)
+    if offset < len(files):
+        context.continue_as_new({**run, "offset": offset, "summary": summary})
+        return {}
+    finished = context.current_utc_datetime
+    from datetime import datetime  # noqa: PLC0415 - parsing only, no clock
+
+    started = datetime.fromisoformat(run["startedAt"])
+    summary.update(runId=run["runId"], status="completed", startedAt=run["startedAt"],
+                   finishedAt=finished.isoformat(),
+                   durationS=round((finished - started).total_seconds(), 3))
+    yield context.call_activity_with_retry("record_run_activity", ACTIVITY_RETRY, summary)
+    context.set_custom_status({"state": "completed", "done": len(files), "files": len(files)})
+    return summary
+
+
+CHANGE_POLL_SECONDS = 10
+
+
+def pool_change(context: df.DurableOrchestrationContext) -> Generator[Any, Any, dict]:
+    """A pool change: its steps in order, slow backend operations polled after durable timers.
+
+    Progress (each step's status, `done/total`) is the custom status, so
+    `GET /api/changes/{id}` shows it while the change runs.
+    """
+    check_version(context)
+    change = context.get_input()
+    steps = [dict(step) for step in change["steps"]]
+    change = {**change, "steps": steps, "status": "running", "error": ""}
+
+    def publish() -> None:
+        done = sum(1 for s in steps if s["status"] == "done")
+        context.set_custom_status({"status": change["status"], "progress": f"{done}/{len(steps)}",
+                                   "steps": steps, "error": change["error"]})
+
+    for step in steps:
+        step["status"] = "running"
+        publish()
+        request = {"step": step, "spec": change.get("spec") or {}, "operation": None}
+        result = yield context.call_activity("change_step_activity", request)
+        while not result["done"]:
+            wait = float(result.get("retryAfter") or CHANGE_POLL_SECONDS)
+            yield context.create_timer(context.current_utc_datetime + timedelta(seconds=wait))
+            result = yield context.call_activity(
+                "change_step_activity", {**request, "operation": result.get("operation")})
+        if result.get("error"):
+            step["status"] = "failed"
+            change.update(status="failed", error=f"{step['vm']} {step['step']}: "
+                                                 f"{result['error']}")
+            break
+        step["status"] = "done"
+    else:
+        change["status"] = "succeeded"
+    publish()
+    yield context.call_activity_with_retry("record_change_activity", ACTIVITY_RETRY, change)
+    return change

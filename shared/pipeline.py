@@ -1,0 +1,163 @@
+"""The steps the orchestrations call as activities, as plain functions over `Services`.
+
+Each step is idempotent, because Durable runs an activity at least once: recording a job,
+issuing a work item (a duplicate message is harmless: claims stop a second run), recording the
+result and moving the original can all repeat without changing the outcome.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+from shared.jobs import FAILED, SUCCEEDED
+from shared.naming import check_blob_name, failed_error_name, file_instance_id
+from shared.services import Services
+from shared.workitem import WorkItem
+
+
+class BlobMissing(LookupError):
+    """The input blob disappeared before it could be processed."""
+
+
+@dataclass(frozen=True)
+class FileRef:
+    container: str
+    name: str
+    etag: str
+    size: int
+
+    @property
+    def instance_id(self) -> str:
+        return file_instance_id(self.container, self.name, self.etag)
+
+
+def describe_blob(services: Services, container: str, name: str) -> FileRef:
+    check_blob_name(name)
+    try:
+        props = services.blobs.get_blob_client(container, name).get_blob_properties()
+    except ResourceNotFoundError:
+        raise BlobMissing(f"{container}/{name} does not exist") from None
+    return FileRef(container, name, props.etag.strip('"'), props.size)
+
+
+def list_files(services: Services, container: str, prefix: str | None = None,
+               names: list[str] | None = None, limit: int = 100_000) -> list[dict[str, Any]]:
+    """Blobs a run covers: an explicit list (missing ones skipped) or everything under a prefix."""
+    refs: list[FileRef] = []
+    if names is not None:
+        for name in names:
+            try:
+                refs.append(describe_blob(services, container, name))
+            except BlobMissing:
+                continue
+    else:
+        client = services.blobs.get_container_client(container)
+        for blob in client.list_blobs(name_starts_with=prefix or None):
+            refs.append(FileRef(container, blob.name, blob.etag.strip('"'), blob.size))
+            if len(refs) >= limit:
+                break
+    return [{**asdict(ref), "instanceId": ref.instance_id} for ref in refs]
+
+
+def start_job(services: Services, job: dict[str, Any]) -> dict[str, Any]:
+    row = services.jobs.record_queued(job["jobId"], job["instanceId"], job["container"],
+                                      job["blob"], tuple(job["actions"]), job.get("runId", ""))
+    if row.attempts == 0:
+        services.log.write("job.queued", f"{job['container']}/{job['blob']} queued",
+                           job_id=job["jobId"], run_id=job.get("runId", ""))
+    return row.to_api()
+
+
+def issue_work_item(services: Services, request: dict[str, Any]) -> dict[str, Any]:
+    """Sign and enqueue one attempt of one step; record the attempt on the job."""
+    item = WorkItem(job_id=request["jobId"], instance_id=request["instanceId"],
+                    step=request["step"], action=request["action"], blob=request["blob"],
+                    attempt=request["attempt"]).signed(services.settings.callback_signing_key)
+    services.jobs.record_attempt(item.job_id, item.step, item.attempt)
+    services.issued.record(item)
+    services.work_queue.send_message(item.to_json())
+    services.log.write("work.issued", f"step {item.step} ({item.action}) attempt {item.attempt}",
+                       job_id=item.job_id, data={"blob": item.blob})
+    return {"jobId": item.job_id, "step": item.step, "attempt": item.attempt,
+            "eventName": done_event_name(item.step, item.attempt)}
+
+
+def done_event_name(step: int, attempt: int) -> str:
+    """Each attempt waits on its own event, so a late answer to an old attempt is ignored."""
+    return f"done-{step}-{attempt}"
+
+
+def finish_job(services: Services, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Record the job's result, then archive or delete the original (or move it to failed/)."""
+    s = services.settings
+    status = SUCCEEDED if outcome["status"] == SUCCEEDED else FAILED
+    job = services.jobs.record_finished(
+        outcome["jobId"], status, vm=outcome.get("vm") or "",
+        bytes_in=int(outcome.get("bytesIn") or 0), bytes_out=int(outcome.get("bytesOut") or 0),
+        output=outcome.get("output") or "", error=outcome.get("error") or "")
+    container, name = job.container, job.blob
+    source = services.blobs.get_blob_client(container, name)
+    if status == FAILED:
+        _copy_then_delete(services, source, s.failed_container, name)
+        services.blobs.get_blob_client(s.failed_container, failed_error_name(name)).upload_blob(
+            json.dumps({"jobId": job.job_id, "error": job.error, "attempts": job.attempts,
+                        "at": datetime.now(timezone.utc).isoformat()}).encode(),
+            overwrite=True)
+    elif s.keep_originals:
+        _copy_then_delete(services, source, s.archive_container, name)
+    else:
+        _delete_if_exists(source)
+    services.log.write(f"job.{status}", f"{container}/{name} {status}", job_id=job.job_id,
+                       vm=job.vm, run_id=job.run_id,
+                       data={"bytesIn": job.bytes_in, "bytesOut": job.bytes_out,
+                             "error": job.error[:500]})
+    return job.to_api()
+
+
+def _copy_then_delete(services: Services, source: Any, container: str, name: str) -> None:
+    """Copy within the account (server-side) and delete the original; repeat-safe."""
+    try:
+        data = source.download_blob().readall()
+        metadata = source.get_blob_properties().metadata
+    except ResourceNotFoundError:
+        return  # already moved by an earlier run of this step
+    try:
+        services.blobs.get_blob_client(container, name).upload_blob(
+            data, overwrite=True, metadata=metadata)
+    except ResourceExistsError:
+        pass
+    _delete_if_exists(source)
+
+
+def _delete_if_exists(client: Any) -> None:
+    try:
+        client.delete_blob()
+    except ResourceNotFoundError:
+        pass
+
+
+def record_run(services: Services, summary: dict[str, Any]) -> dict[str, Any]:
+    """Upsert the run's summary row (`tblrun`)."""
+    from azure.data.tables import UpdateMode  # noqa: PLC0415
+
+    entity = {"PartitionKey": summary["runId"], "RowKey": "run",
+              **{k: v for k, v in summary.items() if k != "runId" and v is not None}}
+    services.table(services.settings.run_table).upsert_entity(entity, mode=UpdateMode.REPLACE)
+    services.log.write("run.finished" if summary.get("status") != "running" else "run.progress",
+                       f"run {summary['runId']}: {summary.get('succeeded', 0)} ok, "
+                       f"{summary.get('failed', 0)} failed", run_id=summary["runId"],
+                       data=summary)
+    return summary
+
+
+def get_run(services: Services, run_id: str) -> dict[str, Any] | None:
+    try:
+        row = services.table(services.settings.run_table).get_entity(run_id, "run")
+    except ResourceNotFoundError:
+        return None
+    return {"runId": run_id, **{k: v for k, v in row.items()
+                                if k not in ("PartitionKey", "RowKey")}}

@@ -1,0 +1,91 @@
+"""One place that builds the storage clients a process needs, once.
+
+Functions run many invocations per process; building SDK clients (and their HTTP pipelines)
+per call wastes time and connections, so they are built lazily and reused.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from azure.data.tables import TableClient
+from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueClient
+
+from shared.claims import ClaimStore
+from shared.eventlog import EventLog
+from shared.issued import IssuedItems
+from shared.jobs import JobStore
+from shared.settings import Settings
+from shared.storage import StorageConnection
+
+if TYPE_CHECKING:
+    from shared.pool.registry import PoolRegistry
+
+
+@dataclass
+class Services:
+    settings: Settings
+    connection: StorageConnection
+    _tables: dict[str, TableClient] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Services:
+        settings = Settings.from_env(env)
+        return cls(settings, StorageConnection.from_env(settings.storage_connection, env))
+
+    def table(self, name: str) -> TableClient:
+        if name not in self._tables:
+            self._tables[name] = self.connection.table_service().get_table_client(name)
+        return self._tables[name]
+
+    @cached_property
+    def blobs(self) -> BlobServiceClient:
+        return self.connection.blob_service()
+
+    @cached_property
+    def work_queue(self) -> QueueClient:
+        return self.connection.queue(self.settings.work_queue)
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        return JobStore(self.table(self.settings.result_table))
+
+    @cached_property
+    def log(self) -> EventLog:
+        return EventLog(self.table(self.settings.log_table))
+
+    @cached_property
+    def issued(self) -> IssuedItems:
+        return IssuedItems(self.table(self.settings.result_table))
+
+    @cached_property
+    def claims(self) -> ClaimStore:
+        from datetime import timedelta  # noqa: PLC0415
+
+        return ClaimStore(self.table(self.settings.claim_table),
+                          stale_after=timedelta(seconds=self.settings.heartbeat_timeout_seconds))
+
+    @cached_property
+    def registry(self) -> PoolRegistry:
+        from shared.pool.registry import PoolRegistry  # noqa: PLC0415
+
+        return PoolRegistry(self.table(self.settings.vm_table))
+
+
+_services: Services | None = None
+
+
+def get_services() -> Services:
+    """The process-wide services, built from the environment on first use."""
+    global _services
+    if _services is None:
+        _services = Services.from_env()
+    return _services
+
+
+def reset_services() -> None:
+    global _services
+    _services = None

@@ -1,0 +1,112 @@
+"""The done/idle callbacks refuse everything but a genuine report, and change nothing then."""
+import json
+
+import pytest
+
+from shared.api import ApiError
+from shared.callback import acknowledge, caller_address, check_done, check_idle
+from shared.pipeline import issue_work_item, start_job
+from shared.pool.registry import VmState
+from shared.services import Services
+from shared.settings import Settings
+from shared.storage import StorageConnection, ensure_resources
+from shared.workitem import WorkItem
+
+
+@pytest.fixture()
+def services(settings: Settings, connection: StorageConnection) -> Services:
+    ensure_resources(settings, connection)
+    svc = Services(settings, connection)
+    svc.registry.ensure_members(["vm01", "vm02"], slots=1)
+    svc.registry.transition("vm01", VmState.RUNNING, [VmState.DEALLOCATED],
+                            private_ip="10.0.0.4")
+    start_job(svc, {"jobId": "job-1", "instanceId": "job-1", "container": "data",
+                    "blob": "x.json", "actions": ["process"]})
+    issue_work_item(svc, {"jobId": "job-1", "instanceId": "job-1", "step": 0,
+                          "action": "process", "blob": "data/x.json", "attempt": 1})
+    return svc
+
+
+def _item(svc: Services) -> WorkItem:
+    raw = svc.work_queue.receive_message()
+    return WorkItem.from_json(raw.content)
+
+
+RESULTS = "{results}"
+
+
+def _body(token: str, **extra: object) -> bytes:
+    return json.dumps({"step": 0, "attempt": 1, "token": token, "status": "succeeded",
+                       "output": f"{RESULTS}/x.json.process.out", "bytesIn": 5, "bytesOut": 7,
+                       **extra}).encode()
+
+
+def check(services: Services, vm: str, job: str, body: bytes, headers: dict[str, str]):
+    """check_done with the test's own results container filled in."""
+    body = body.replace(RESULTS.encode(), services.settings.results_container.encode())
+    return check_done(services, vm, job, body, headers)
+
+
+def test_genuine_report_is_accepted_once(services: Services) -> None:
+    item = _item(services)
+    services.claims.claim(item, "vm01")
+    event = check(services, "vm01", "job-1", _body(item.token), {})
+    assert (event.instance_id, event.event_name, event.repeat) == ("job-1", "done-0-1", False)
+    assert event.payload["bytesOut"] == 7 and event.payload["vm"] == "vm01"
+    acknowledge(services, event, "vm01")
+    again = check(services, "vm01", "job-1", _body(item.token), {})
+    assert again.repeat is True
+
+
+@pytest.mark.parametrize(("vm", "job", "body", "status", "code"), [
+    ("vm09", "job-1", None, 404, "NotFound"),            # not in the pool
+    ("vm01", "job-x", None, 404, "NotFound"),            # unknown job
+    ("vm01", "job-1", _body("0" * 64), 403, "InvalidToken"),  # forged token
+    ("vm02", "job-1", None, 403, "NotClaimed"),          # another VM holds the claim
+    ("vm01", "job-1", b"{bad", 400, "InvalidJson"),
+    ("vm01", "job-1", b"[1]", 400, "BadRequest"),
+    ("vm01", "job-1", b"{" + b" " * 2_000_000 + b"}", 413, "PayloadTooLarge"),
+])
+def test_bad_reports_are_refused(services: Services, vm: str, job: str, body: bytes | None,
+                                 status: int, code: str) -> None:
+    item = _item(services)
+    services.claims.claim(item, "vm01")
+    with pytest.raises(ApiError) as err:
+        check(services, vm, job, body if body is not None else _body(item.token), {})
+    assert (err.value.status, err.value.code) == (status, code)
+    # nothing changed: the issued item is not acknowledged
+    assert services.issued.get("job-1", 0, 1)[1] is False
+
+
+def test_attempt_never_issued_and_bad_output(services: Services) -> None:
+    item = _item(services)
+    services.claims.claim(item, "vm01")
+    with pytest.raises(ApiError) as err:
+        check(services, "vm01", "job-1", _body(item.token, attempt=2), {})
+    assert err.value.status == 404
+    with pytest.raises(ApiError) as err:
+        check(services, "vm01", "job-1",
+                   _body(item.token, output="data/../../etc/passwd"), {})
+    assert err.value.status == 400
+
+
+def test_caller_address_check(services: Services, storage_env: dict[str, str]) -> None:
+    strict = Services(Settings.from_env({**storage_env, "CHECK_CALLER_IP": "true"}),
+                      services.connection)
+    item = _item(services)
+    strict.claims.claim(item, "vm01")
+    assert check(strict, "vm01", "job-1", _body(item.token),
+                      {"client-ip": "10.0.0.4:50123"}).repeat is False
+    with pytest.raises(ApiError) as err:
+        check(strict, "vm01", "job-1", _body(item.token), {"client-ip": "10.9.9.9:1"})
+    assert err.value.code == "AddressMismatch"
+    assert check_idle(strict, "vm01", b'{"idleSeconds": 30}', {"x-forwarded-for": "10.0.0.4"})\
+        == 30
+
+
+def test_caller_address_parsing() -> None:
+    assert caller_address({"client-ip": "10.0.0.4:1234"}) == "10.0.0.4"
+    assert caller_address({"Client-IP": "[::1]:80"}) == "::1"
+    assert caller_address({"X-Forwarded-For": "1.2.3.4, 5.6.7.8"}) == "1.2.3.4"
+    assert caller_address({"client-ip": "nonsense"}) is None
+    assert caller_address({}) is None

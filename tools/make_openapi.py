@@ -1,0 +1,168 @@
+"""Writes `openapi.json`, the API description the app serves at /api/openapi.json.
+
+Kept as code so the schemas stay consistent; `tests/pipeline/test_openapi.py` checks that every
+HTTP function of the app is described and that the committed file is current.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if schema is not None:
+        out["content"] = {"application/json": {"schema": schema}}
+    return out
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Invalid input", 401: "Missing or wrong function key", 403: "Refused",
+            404: "Not found", 409: "Conflict", 410: "Gone", 413: "Body too large",
+            500: "Internal error"}
+    return {str(c): _resp(text[c], ERROR) for c in codes}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        out["required"] = required
+    return out
+
+
+STR, INT, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
+ANY = {"type": "object", "additionalProperties": True}
+
+
+def document() -> dict[str, Any]:
+    job = {"$ref": "#/components/schemas/Job"}
+    path_param = lambda name: {"name": name, "in": "path", "required": True,  # noqa: E731
+                               "schema": STR}
+    paths: dict[str, Any] = {
+        "/api/health": {"get": {"operationId": "health_http", "security": [],
+                                "summary": "Settings valid and storage reachable",
+                                "responses": {"200": _resp("Healthy", ANY),
+                                              "503": _resp("Unhealthy", ANY)}}},
+        "/api/openapi.json": {"get": {"operationId": "openapi_http", "security": [],
+                                      "summary": "This document",
+                                      "responses": {"200": _resp("OpenAPI document", ANY)}}},
+        "/api/jobs": {
+            "post": {"operationId": "submit_job_http",
+                     "summary": "Process a blob of the data container (uploading it if content "
+                                "is given)",
+                     "requestBody": _body(_obj({"blob": STR, "content": STR, "contentBase64": STR},
+                                               ["blob"])),
+                     "responses": {"202": _resp("Job accepted", _obj(
+                         {"jobId": STR, "blob": STR, "created": BOOL, "statusUrl": STR})),
+                                   **_errors(400, 401, 404, 413)}},
+            "get": {"operationId": "list_jobs_http", "summary": "Jobs, newest first",
+                    "parameters": [
+                        {"name": "status", "in": "query", "schema": {
+                            "type": "string",
+                            "enum": ["queued", "running", "succeeded", "failed"]}},
+                        {"name": "runId", "in": "query", "schema": STR},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                    "responses": {"200": _resp("Jobs", _obj({"jobs": {"type": "array",
+                                                                     "items": job},
+                                                            "count": INT})),
+                                  **_errors(400, 401)}}},
+        "/api/jobs/{job_id}": {"get": {
+            "operationId": "get_job_http", "summary": "One job with its orchestration status",
+            "parameters": [path_param("job_id")],
+            "responses": {"200": _resp("Job", job), **_errors(401, 404)}}},
+        "/api/runs": {"post": {
+            "operationId": "start_run_http", "summary": "Run over existing blobs",
+            "requestBody": _body(_obj({"prefix": STR, "blobs": {"type": "array", "items": STR},
+                                       "runId": STR})),
+            "responses": {"202": _resp("Run started", _obj({"runId": STR, "statusUrl": STR})),
+                          **_errors(400, 401, 409, 413)}}},
+        "/api/runs/{run_id}": {"get": {
+            "operationId": "get_run_http", "summary": "Run progress and summary",
+            "parameters": [path_param("run_id")],
+            "responses": {"200": _resp("Run", ANY), **_errors(401, 404)}}},
+        "/api/pool": {"get": {
+            "operationId": "pool_status_http", "summary": "VMs, their states and the backlog",
+            "responses": {"200": _resp("Pool", ANY), **_errors(401)}}},
+        "/api/changes": {"post": {
+            "operationId": "submit_change_http",
+            "summary": "Change the pool: pool.add, pool.remove, pool.start, pool.stop",
+            "requestBody": _body(_obj({"changeType": {"type": "string", "enum": [
+                "pool.add", "pool.remove", "pool.start", "pool.stop"]},
+                "vms": {"type": "array", "items": STR}, "spec": ANY}, ["changeType", "vms"])),
+            "responses": {"202": _resp("Change accepted", _obj({"changeId": STR,
+                                                                 "statusUrl": STR})),
+                          **_errors(400, 401, 404, 409, 413)}}},
+        "/api/changes/{change_id}": {"get": {
+            "operationId": "get_change_http", "summary": "Steps and progress of a change",
+            "parameters": [path_param("change_id")],
+            "responses": {"200": _resp("Change", ANY), **_errors(401, 404)}}},
+        "/api/vms/{vm}/jobs/{job_id}/done": {"post": {
+            "operationId": "vm_done_http",
+            "summary": "A VM reports a finished step (token-checked; a repeat is a no-op)",
+            "parameters": [path_param("vm"), path_param("job_id")],
+            "requestBody": _body(_obj({
+                "step": INT, "attempt": INT, "token": STR, "action": STR,
+                "status": {"type": "string", "enum": ["succeeded", "failed"]},
+                "exitCode": {"type": "integer", "nullable": True},
+                "error": {"type": "string", "nullable": True},
+                "output": {"type": "string", "nullable": True},
+                "bytesIn": INT, "bytesOut": INT, "durationMs": INT},
+                ["step", "attempt", "token", "status"])),
+            "responses": {"200": _resp("Accepted", _obj({"accepted": BOOL, "repeat": BOOL})),
+                          **_errors(400, 401, 403, 404, 409, 410, 413)}}},
+        "/api/vms/{vm}/idle": {"post": {
+            "operationId": "vm_idle_http", "summary": "A VM has nothing to do",
+            "parameters": [path_param("vm")],
+            "requestBody": _body(_obj({"idleSeconds": INT})),
+            "responses": {"200": _resp("Noted", _obj({"vm": STR, "deallocate": BOOL})),
+                          **_errors(400, 401, 403, 404, 413)}}},
+        "/api/deployment/status": {"get": {
+            "operationId": "deployment_status_http",
+            "summary": "Pending and running orchestrations, for a deployment gate",
+            "responses": {"200": _resp("Status", _obj({"hasRunning": BOOL, "active": INT})),
+                          **_errors(401)}}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "VM pool orchestrator", "version": "1.0.0",
+                 "description": "Submit work, change the VM pool and follow progress."},
+        "servers": [{"url": "/"}],
+        "security": [{"functionKey": []}, {"functionKeyQuery": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
+                "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code"}},
+            "schemas": {
+                "Error": _obj({"error": _obj({"code": STR, "message": STR}, ["code", "message"])},
+                              ["error"]),
+                "Job": _obj({"jobId": STR, "instanceId": STR, "blob": STR, "status": STR,
+                             "runId": {"type": "string", "nullable": True},
+                             "actions": {"type": "array", "items": STR}, "step": INT,
+                             "attempts": INT, "vm": {"type": "string", "nullable": True},
+                             "bytesIn": INT, "bytesOut": INT,
+                             "output": {"type": "string", "nullable": True},
+                             "error": {"type": "string", "nullable": True},
+                             "createdAt": STR, "startedAt": {"type": "string", "nullable": True},
+                             "finishedAt": {"type": "string", "nullable": True},
+                             "durationMs": INT})}},
+    }
+
+
+def render() -> str:
+    return json.dumps(document(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    (ROOT / "openapi.json").write_text(render())
+    sys.exit(0)
