@@ -5,11 +5,13 @@ per call wastes time and connections, so they are built lazily and reused.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
@@ -19,10 +21,12 @@ from shared.eventlog import EventLog
 from shared.issued import IssuedItems
 from shared.jobs import JobStore
 from shared.settings import Settings
-from shared.storage import StorageConnection
+from shared.storage import StorageConnection, ensure_resources
 
 if TYPE_CHECKING:
     from shared.pool.registry import PoolRegistry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,10 +83,19 @@ _services: Services | None = None
 
 
 def get_services() -> Services:
-    """The process-wide services, built from the environment on first use."""
+    """The process-wide services, built from the environment on first use.
+
+    The first use also creates any missing container, queue or table (idempotent), so a fresh
+    storage account or a new slot's task hub works without a separate set-up step.
+    """
     global _services
     if _services is None:
-        _services = Services.from_env()
+        services = Services.from_env()
+        try:
+            ensure_resources(services.settings, services.connection)
+        except HttpResponseError as exc:  # e.g. an identity allowed to use but not create
+            log.warning("could not create storage resources: %s", exc.message)
+        _services = services
     return _services
 
 

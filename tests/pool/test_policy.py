@@ -9,6 +9,7 @@ from shared.pool.policy import (
     PolicyInputError,
     Snapshot,
     VmView,
+    arrival_rate,
     decide,
     effective_cooldown,
     warm_reserve,
@@ -25,9 +26,11 @@ def vm(name: str, state: str = "deallocated", *, slots: int = 1, busy: int = 0,
                   state_since=NOW - since, boot_estimate_s=boot)
 
 
-def snap(*vms: VmView, queued: int = 0, in_flight: int | None = None) -> Snapshot:
+def snap(*vms: VmView, queued: int = 0, in_flight: int | None = None,
+         rate: float | None = None) -> Snapshot:
     flight = sum(v.busy for v in vms) if in_flight is None else in_flight
-    return Snapshot(vms=tuple(vms), queued=queued, in_flight=flight, now=NOW)
+    return Snapshot(vms=tuple(vms), queued=queued, in_flight=flight, now=NOW,
+                    arrivals_per_s=rate)
 
 
 def test_running_vm_with_free_slot_takes_the_work_no_start() -> None:
@@ -111,6 +114,41 @@ def test_warm_reserve_grows_with_the_square_root_of_busy_slots() -> None:
     assert warm_reserve(100) > warm_reserve(4) >= warm_reserve(1)
 
 
+def test_with_a_known_arrival_rate_the_reserve_covers_one_boot_of_arrivals() -> None:
+    idle = [vm(f"vm0{i}", "running", idle_for=10 * i, boot=90) for i in range(1, 7)]
+    busy = [vm("vm10", "running", busy=1, boot=90)]
+    # 1 file every 30 s, boot 90 s: 3 files arrive during a cold start -> keep 3 warm
+    actions = decide(snap(*idle, *busy, rate=1 / 30), CFG)
+    assert actions.deallocate == ("vm01", "vm02", "vm03")
+    assert warm_reserve(5, 1 / 30, 90) == 3
+    # arrivals rarer than one per two boots: a warm VM costs more than the boot it saves
+    assert warm_reserve(5, 1 / 200, 90) == 0
+    assert len(decide(snap(*idle, *busy, rate=1 / 200), CFG).deallocate) == 6
+
+
+def test_arrival_rate_counts_the_window_but_forgets_a_batch_that_went_silent() -> None:
+    assert arrival_rate([], NOW) == 0.0
+    steady = [NOW - 60 * i for i in range(10)]  # one a minute, the last just now
+    assert arrival_rate(steady, NOW, window_s=600) == pytest.approx(10 / 600)
+    batch = [NOW - 300] * 250  # 250 files at once, five minutes ago, nothing since
+    assert arrival_rate(batch, NOW, window_s=600) == pytest.approx(1 / 300)
+    assert arrival_rate([NOW - 700], NOW, window_s=600) == 0.0
+
+
+def test_once_arrivals_stop_the_tail_of_a_batch_stops_at_once() -> None:
+    idle = [vm(f"vm0{i}", "running", idle_for=5) for i in range(1, 5)]
+    busy = [vm(f"vm1{i}", "running", busy=1) for i in range(4)]
+    assert decide(snap(*idle, *busy, rate=0.0), CFG).deallocate == tuple(v.name for v in idle)
+    # without the rate, the square-root margin keeps one of them warm
+    assert len(decide(snap(*idle, *busy), CFG).deallocate) == 3
+
+
+def test_free_slots_on_busy_vms_count_as_warm_capacity() -> None:
+    vms = [vm("vm01", "running", slots=4, busy=1), vm("vm02", "running", slots=4, idle_for=5)]
+    assert decide(snap(*vms, rate=1 / 45), CFG).deallocate == ("vm02",)  # 2 wanted, 3 warm
+    assert decide(snap(*vms, rate=1 / 20), CFG).deallocate == ()
+
+
 def test_idle_vm_is_kept_while_its_slot_is_needed_for_queued_work() -> None:
     actions = decide(snap(vm("vm01", "running", idle_for=10_000), queued=1), CFG)
     assert actions.empty
@@ -172,6 +210,8 @@ def test_same_view_in_any_order_gives_the_same_actions() -> None:
     lambda: vm("vm01", boot=float("nan")),
     lambda: snap(vm("vm01"), vm("vm01")),
     lambda: snap(vm("vm01"), queued=-1),
+    lambda: snap(vm("vm01"), rate=-0.5),
+    lambda: snap(vm("vm01"), rate=float("inf")),
     lambda: PolicyConfig(max_running=2, idle_cooldown_s=1, boot_timeout_s=1, min_running=3),
     lambda: PolicyConfig(max_running=-1, idle_cooldown_s=1, boot_timeout_s=1),
     lambda: PolicyConfig(max_running=1, idle_cooldown_s=-5, boot_timeout_s=1),

@@ -37,8 +37,9 @@ def cases(draw: st.DrawFn) -> tuple[Snapshot, PolicyConfig]:
         idle_cooldown_s=draw(st.floats(0, 600, allow_nan=False)),
         boot_timeout_s=draw(st.floats(1, 1500, allow_nan=False)),
         min_running=draw(st.integers(0, max_running)))
+    rate = draw(st.none() | st.floats(0, 2, allow_nan=False))
     snapshot = Snapshot(vms=vms, queued=draw(st.integers(0, 60)),
-                        in_flight=sum(v.busy for v in vms), now=NOW)
+                        in_flight=sum(v.busy for v in vms), now=NOW, arrivals_per_s=rate)
     return snapshot, config
 
 

@@ -1,0 +1,218 @@
+"""The agent's life: one loop per slot pulling work, plus the VM heartbeat and idle requests.
+
+Each slot receives one message at a time with a visibility timeout, takes a slot in the pool
+table, and hands the work item to the `Worker`. An empty queue makes the slot poll with growing
+pauses. The main thread beats the VM's heartbeat and, once nothing has been worked on for the
+idle time, asks the app once per idle period to shut the VM down. `stop()` (SIGTERM) lets the
+jobs in hand finish and takes no new messages.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from datetime import timedelta
+
+from azure.core.exceptions import AzureError
+
+from agent.api import ApiError, AppClient
+from agent.config import AgentConfig
+from agent.lease import MalformedMessage, MessageLease, decode
+from agent.worker import JOB_DIR_PREFIX, Worker
+from shared.claims import ClaimStore
+from shared.pool.registry import InvalidTransition, PoolRegistry, RegistryError
+
+log = logging.getLogger(__name__)
+
+
+class Activity:
+    """Jobs in hand and when the last one ended: the agent is idle when both say so."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active = 0
+        self.last_busy = time.monotonic()
+
+    def begin(self) -> None:
+        with self._lock:
+            self.active += 1
+            self.last_busy = time.monotonic()
+
+    def end(self) -> None:
+        with self._lock:
+            self.active -= 1
+            self.last_busy = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds without any job in hand (0 while one runs)."""
+        with self._lock:
+            return 0.0 if self.active else time.monotonic() - self.last_busy
+
+
+class Agent:
+    """Wires the clients together and runs the slot loops until stopped."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        conn = config.storage
+        # A raw client (no decode policy): each message is decoded here, so one bad message
+        # cannot make a whole receive fail.
+        self.queue = conn.queue_service().get_queue_client(config.work_queue)
+        self.claims = ClaimStore(conn.table_service().get_table_client(config.claim_table),
+                                 stale_after=timedelta(seconds=config.claim_stale_seconds))
+        self.registry = PoolRegistry(conn.table_service().get_table_client(config.vm_table))
+        self.api = AppClient(config.api_base_url, config.vm_name, config.function_key,
+                             retry_seconds=config.api_retry_seconds,
+                             timeout_seconds=config.api_timeout_seconds)
+        self.worker = Worker(config, conn.blob_service(), self.claims, self.api)
+        self.activity = Activity()
+        self.stopping = threading.Event()
+        self.outcomes: dict[str, int] = {}
+        self._outcome_lock = threading.Lock()
+
+    # --- control ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Take no new messages; the jobs in hand finish and `run` returns."""
+        if not self.stopping.is_set():
+            log.info("stopping: finishing the work in hand, taking nothing new")
+        self.stopping.set()
+
+    def run(self) -> None:
+        """Run until `stop()`; returns once every slot has finished its job in hand."""
+        cfg = self.config
+        cfg.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._clean_work_dir()
+        self._reset_busy_slots()
+        log.info("agent %s up: %s", cfg.vm_name, cfg.describe())
+        if not cfg.function_key:
+            log.warning("AGENT_FUNCTION_KEY is empty: calls to the app carry no function key")
+        slots = [threading.Thread(target=self._slot_loop, args=(i,), name=f"slot-{i}")
+                 for i in range(cfg.slots)]
+        for thread in slots:
+            thread.start()
+        next_beat = 0.0
+        last_idle_call = time.monotonic()
+        tick = min(1.0, cfg.heartbeat_seconds, max(cfg.idle_seconds, 0.1))
+        while any(t.is_alive() for t in slots):
+            now = time.monotonic()
+            if now >= next_beat:
+                self._vm_heartbeat()
+                next_beat = now + cfg.heartbeat_seconds
+            if not self.stopping.is_set() and cfg.idle_seconds > 0:
+                idle = self.activity.idle_for()
+                if idle >= cfg.idle_seconds and now - last_idle_call >= cfg.idle_seconds:
+                    last_idle_call = now
+                    self._request_idle(idle)
+                    if cfg.exit_when_idle:
+                        log.info("idle for %d s: exiting (AGENT_EXIT_WHEN_IDLE)", idle)
+                        self.stop()
+            for thread in slots:
+                thread.join(timeout=tick / len(slots))
+        self._vm_heartbeat()
+        self.api.close()
+        log.info("agent %s stopped: %s", cfg.vm_name, self.outcomes)
+
+    # --- the slot loop ------------------------------------------------------------------------
+
+    def _slot_loop(self, slot: int) -> None:
+        delay = self.config.poll_min_seconds
+        while not self.stopping.is_set():
+            try:
+                took = self._poll_once(slot)
+            except AzureError as exc:
+                log.warning("slot %d: storage error: %s", slot, exc)
+                took = False
+            except Exception:  # noqa: BLE001 - one bad job must never end the slot's loop
+                log.exception("slot %d: unexpected error", slot)
+                took = False
+            if took:
+                delay = self.config.poll_min_seconds
+                continue
+            self.stopping.wait(delay)
+            delay = min(delay * 2, self.config.poll_max_seconds)
+
+    def _poll_once(self, slot: int) -> bool:
+        """Receive and handle at most one message; True when a message was worked on."""
+        cfg = self.config
+        message = self.queue.receive_message(visibility_timeout=cfg.visibility_timeout_seconds)
+        if message is None:
+            return False
+        lease = MessageLease(self.queue, message, cfg.visibility_timeout_seconds)
+        try:
+            item = decode(message.content)
+        except MalformedMessage as exc:
+            # Left alone: it comes back until the dequeue limit moves it to the poison queue.
+            log.error("message %s (dequeued %d times) is malformed, left for the poison path: "
+                      "%s", message.id, lease.dequeue_count, exc)
+            self._count("malformed")
+            return False
+        if self.stopping.is_set():
+            lease.release()  # SIGTERM arrived while receiving: hand it straight back
+            return False
+        try:
+            got_slot = self.registry.claim_slot(cfg.vm_name) if cfg.use_pool else True
+        except RegistryError as exc:
+            log.error("slot %d: cannot take a pool slot: %s", slot, exc)
+            got_slot = False
+        if not got_slot:
+            log.info("slot %d: the pool gives this VM no slot now; message handed back", slot)
+            lease.release()
+            self._count("no-slot")
+            return False
+        self.activity.begin()
+        try:
+            outcome = self.worker.handle(item, lease, slot)
+        finally:
+            self.activity.end()
+            self._release_slot()
+        self._count(outcome)
+        return outcome not in ("claimed-elsewhere",)
+
+    # --- pool table and app calls -----------------------------------------------------------
+
+    def _release_slot(self) -> None:
+        if not self.config.use_pool:
+            return
+        try:
+            self.registry.release_slot(self.config.vm_name)
+        except (RegistryError, AzureError) as exc:
+            log.warning("could not release the pool slot: %s", exc)
+
+    def _vm_heartbeat(self) -> None:
+        if not self.config.use_pool:
+            return
+        try:
+            self.registry.heartbeat(self.config.vm_name)
+        except (RegistryError, AzureError) as exc:
+            log.warning("VM heartbeat failed: %s", exc)
+
+    def _request_idle(self, idle: float) -> None:
+        try:
+            self.api.idle(int(idle))
+            log.info("idle for %d s: asked the app to shut this VM down", idle)
+        except ApiError as exc:
+            log.warning("idle request failed: %s", exc)
+
+    def _reset_busy_slots(self) -> None:
+        """A starting agent holds no work, so busy slots left by a crashed run are stale."""
+        if not self.config.use_pool:
+            return
+        try:
+            rec = self.registry.get(self.config.vm_name)
+            if rec.busy:
+                self.registry.transition(self.config.vm_name, rec.state, [rec.state], busy=0)
+                log.info("reset %d stale busy slot(s) left by a previous run", rec.busy)
+        except InvalidTransition:
+            pass
+        except (RegistryError, AzureError) as exc:
+            log.warning("could not read this VM's pool row: %s", exc)
+
+    def _clean_work_dir(self) -> None:
+        for path in self.config.work_dir.glob(f"{JOB_DIR_PREFIX}*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _count(self, outcome: str) -> None:
+        with self._outcome_lock:
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1

@@ -1,0 +1,1 @@
+"""Benchmarks that print measured figures, each run as `python -m bench.NAME`."""

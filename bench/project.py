@@ -1,0 +1,67 @@
+"""The project's policy (`shared.pool.policy.decide`) driving the simulated pool, as the scaler
+drives the real one: evaluated on every event and on the SCALER_SCHEDULE backstop timer.
+
+The scaler knows when work items were queued, so it can tell the policy the recent arrival rate
+(`Snapshot.arrivals_per_s`, items queued in the last `RATE_WINDOW_S` / the window). With
+`rate_hint=False` the policy runs without it, as a scaler that does not supply it would.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from bench.sim import ARRIVAL, Pool
+from shared.pool.policy import PolicyConfig, Snapshot, VmView, arrival_rate, decide
+
+SCALER_TICK_S = 30.0   # SCALER_SCHEDULE default: */30 * * * * *
+RATE_WINDOW_S = 600.0  # the arrival rate the scaler reports: items queued in the last 10 min
+
+
+class ProjectController:
+    name = "project"
+    tick_s: float | None = SCALER_TICK_S
+    pull = True
+
+    def __init__(self, rate_hint: bool = True) -> None:
+        self.rate_hint = rate_hint
+        self.config: PolicyConfig | None = None
+        self.arrivals: deque[float] = deque()
+
+    def setup(self, pool: Pool) -> None:
+        params = pool.params
+        self.config = PolicyConfig(max_running=params.vms, idle_cooldown_s=params.idle_cooldown_s,
+                                   boot_timeout_s=params.boot_timeout_s)
+        self.arrivals.clear()
+
+    def snapshot(self, pool: Pool) -> Snapshot:
+        views = tuple(
+            VmView(name=vm.name, state=vm.state, slots=vm.slots, busy=vm.busy,
+                   idle_since=vm.idle_since, state_since=vm.state_since,
+                   boot_estimate_s=vm.boot_mean)
+            for vm in pool.vms.values())
+        rate = None
+        if self.rate_hint:
+            while self.arrivals and self.arrivals[0] <= pool.now - RATE_WINDOW_S:
+                self.arrivals.popleft()
+            rate = arrival_rate(tuple(self.arrivals), pool.now, RATE_WINDOW_S)
+        return Snapshot(vms=views, queued=len(pool.queue), in_flight=pool.in_flight,
+                        now=pool.now, arrivals_per_s=rate)
+
+    def evaluate(self, pool: Pool) -> None:
+        assert self.config is not None
+        actions = decide(self.snapshot(pool), self.config)
+        for name in actions.mark_failed:
+            pool.mark_failed(name)
+        for name in actions.drain:
+            pool.drain(name)
+        for name in actions.deallocate:
+            pool.deallocate(name)
+        for name in actions.start:
+            pool.start(name)
+
+    def on_event(self, pool: Pool, kind: str) -> None:
+        if kind == ARRIVAL:
+            self.arrivals.append(pool.now)
+        self.evaluate(pool)
+
+    def on_tick(self, pool: Pool) -> None:
+        self.evaluate(pool)

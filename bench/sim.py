@@ -1,0 +1,318 @@
+"""A discrete-event simulation of the VM pool, to measure what a scaling policy costs.
+
+Billing follows Azure's: a VM is billed per second from the start request until its
+deallocation completes. Work is pulled from one shared queue by running VMs with a free slot
+(the app's model), except for controllers that push work to a VM's own queue (the seed's).
+A controller is called on every event (arrival, completion, VM ready, VM deallocated) and, if
+it has one, on its own periodic tick; it acts through `Pool.start`, `Pool.deallocate` and
+`Pool.drain`, which refuse anything a real pool would refuse (stopping a busy VM, starting one
+that is not deallocated), so a wrong policy fails loudly instead of producing good figures.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bench.traces import Job, PoolParams, Trace
+
+DEALLOCATED, STARTING, RUNNING = "deallocated", "starting", "running"
+DRAINING, DEALLOCATING, FAILED = "draining", "deallocating", "failed"
+ALLOCATED = (STARTING, RUNNING, DRAINING, DEALLOCATING)
+
+ARRIVAL, COMPLETE, READY, GONE, TICK = "arrival", "complete", "ready", "deallocated", "tick"
+_ORDER = {COMPLETE: 0, GONE: 1, READY: 2, ARRIVAL: 3, TICK: 4}  # same-instant event order
+
+EXTRA_S = 7 * 24 * 3600.0  # how long past the trace a simulation may run before it is an error
+
+
+class SimulationError(RuntimeError):
+    """The simulated pool was asked to do something impossible, or work was lost."""
+
+
+@dataclass
+class SimVm:
+    name: str
+    slots: int
+    boot_mean: float
+    state: str = DEALLOCATED
+    state_since: float = 0.0
+    busy: int = 0
+    idle_since: float | None = None
+    billed_s: float = 0.0
+    billed_from: float | None = None
+    generation: int = 0  # invalidates a pending READY after the VM was stopped while booting
+    boots: int = 0
+    own_queue: deque[int] = field(default_factory=deque)  # push model only
+
+    @property
+    def free(self) -> int:
+        return self.slots - self.busy
+
+
+class Controller(Protocol):
+    """A scaling policy under test."""
+
+    name: str
+    tick_s: float | None  # None: called on events only
+    pull: bool            # True: running VMs pull from the shared queue
+
+    def setup(self, pool: Pool) -> None: ...
+    def on_event(self, pool: Pool, kind: str) -> None: ...
+    def on_tick(self, pool: Pool) -> None: ...
+
+
+class Pool:
+    """The simulated VMs, the shared queue and the clock, as a controller sees them."""
+
+    def __init__(self, trace: Trace, params: PoolParams, seed: int) -> None:
+        self.params = params
+        self.jobs = {job.id: job for job in trace.jobs}
+        means = params.boot_means(seed)
+        self.vms = {name: SimVm(name, params.slots, means[name]) for name in params.names()}
+        self.order = sorted(self.vms)
+        self.queue: deque[int] = deque()
+        self.now = 0.0
+        self.started_at: dict[int, float] = {}
+        self.done_at: dict[int, float] = {}
+        self.running_on: dict[int, str] = {}
+        self._events: list[tuple[float, int, int, str, object]] = []
+        self._seq = 0
+        self._seed = seed
+        self._boot_rngs: dict[str, random.Random] = {}
+
+    # --- what controllers may read ---------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return len(self.running_on)
+
+    def in_state(self, *states: str) -> list[SimVm]:
+        return [self.vms[n] for n in self.order if self.vms[n].state in states]
+
+    # --- what controllers may do ------------------------------------------------------------
+    def start(self, name: str) -> None:
+        vm = self.vms[name]
+        if vm.state != DEALLOCATED:
+            raise SimulationError(f"start {name}: it is {vm.state}, not deallocated")
+        self._set(vm, STARTING)
+        vm.billed_from = self.now
+        vm.generation += 1
+        vm.boots += 1
+        self.schedule(self.now + self._boot_time(vm), READY, (name, vm.generation))
+
+    def deallocate(self, name: str) -> None:
+        vm = self.vms[name]
+        if vm.busy:
+            raise SimulationError(f"deallocate {name}: it holds {vm.busy} running job(s)")
+        if vm.state not in (STARTING, RUNNING, DRAINING):
+            raise SimulationError(f"deallocate {name}: it is {vm.state}")
+        vm.generation += 1
+        vm.idle_since = None
+        self._set(vm, DEALLOCATING)
+        self.schedule(self.now + self.params.deallocate_s, GONE, name)
+
+    def drain(self, name: str) -> None:
+        """No new work for this VM; it is deallocated as soon as it is idle."""
+        vm = self.vms[name]
+        if vm.state not in (RUNNING, STARTING):
+            raise SimulationError(f"drain {name}: it is {vm.state}")
+        self._set(vm, DRAINING)
+        if vm.busy == 0:
+            self.deallocate(name)
+
+    def mark_failed(self, name: str) -> None:
+        vm = self.vms[name]
+        if vm.state != STARTING:
+            raise SimulationError(f"mark_failed {name}: it is {vm.state}, not starting")
+        vm.generation += 1
+        self._set(vm, FAILED)
+        self._stop_billing(vm)
+
+    def run_always_on(self) -> None:
+        """Every VM running from time 0 (an always-on pool needs no boot)."""
+        for vm in self.vms.values():
+            self._set(vm, RUNNING)
+            vm.billed_from = 0.0
+            vm.idle_since = 0.0
+
+    # --- machinery --------------------------------------------------------------------------
+    def schedule(self, at: float, kind: str, data: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (at, _ORDER[kind], self._seq, kind, data))
+
+    def _set(self, vm: SimVm, state: str) -> None:
+        vm.state = state
+        vm.state_since = self.now
+
+    def _stop_billing(self, vm: SimVm) -> None:
+        if vm.billed_from is not None:
+            vm.billed_s += self.now - vm.billed_from
+            vm.billed_from = None
+
+    def _boot_time(self, vm: SimVm) -> float:
+        rng = self._boot_rngs.setdefault(vm.name, random.Random(f"{self._seed}-{vm.name}"))
+        return vm.boot_mean * rng.lognormvariate(0.0, self.params.boot_jitter)
+
+    def _begin(self, job_id: int, vm: SimVm) -> None:
+        if job_id in self.started_at:
+            raise SimulationError(f"job {job_id} started twice")
+        if vm.busy >= vm.slots or vm.state != RUNNING:
+            raise SimulationError(f"job {job_id} on {vm.name}: no free slot ({vm.state})")
+        vm.busy += 1
+        vm.idle_since = None
+        self.started_at[job_id] = self.now
+        self.running_on[job_id] = vm.name
+        self.schedule(self.now + self.jobs[job_id].duration, COMPLETE, job_id)
+
+    def dispatch(self, pull: bool) -> None:
+        """Running VMs take work: their own queue first, then (pull model) the shared one,
+        least-loaded VM first (the seed's preference), ties by name."""
+        for name in self.order:
+            vm = self.vms[name]
+            while vm.state == RUNNING and vm.free and vm.own_queue:
+                self._begin(vm.own_queue.popleft(), vm)
+        if not (pull and self.queue):
+            return
+        ready = [self.vms[n] for n in self.order
+                 if self.vms[n].state == RUNNING and self.vms[n].free]
+        while self.queue and ready:
+            vm = min(ready, key=lambda v: v.busy)
+            self._begin(self.queue.popleft(), vm)
+            if not vm.free:
+                ready.remove(vm)
+
+    def handle(self, kind: str, data: object) -> None:
+        if kind == ARRIVAL:
+            assert isinstance(data, int)
+            self.queue.append(data)
+        elif kind == COMPLETE:
+            assert isinstance(data, int)
+            vm = self.vms[self.running_on.pop(data)]
+            vm.busy -= 1
+            self.done_at[data] = self.now
+            if vm.busy == 0:
+                vm.idle_since = self.now
+                if vm.state == DRAINING:
+                    self.deallocate(vm.name)
+        elif kind == READY:
+            name, generation = data  # type: ignore[misc]
+            vm = self.vms[name]
+            if vm.generation == generation and vm.state == STARTING:
+                self._set(vm, RUNNING)
+                vm.idle_since = self.now
+        elif kind == GONE:
+            assert isinstance(data, str)
+            vm = self.vms[data]
+            self._set(vm, DEALLOCATED)
+            self._stop_billing(vm)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one policy did on one trace."""
+
+    policy: str
+    trace: str
+    slots: int
+    billed_s: float        # VM-seconds billed
+    work_s: float          # processing seconds
+    waits_s: tuple[float, ...]
+    makespan_s: float
+    horizon_s: float       # when the simulation ended (always-on is billed until then)
+    boot_ref_s: float      # the pool's typical boot time, the unit of the wait figures
+    processed: int
+    starts: int
+
+    @property
+    def cost_ratio(self) -> float:
+        """Billed slot-seconds per processing second: 1.0 means no slot was ever paid idle.
+        A VM with `slots` slots costs `slots` slot-seconds per second."""
+        return self.billed_s * self.slots / self.work_s
+
+    def wait_quantile(self, q: float) -> float:
+        return quantile(self.waits_s, q)
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "cost_ratio": round(self.cost_ratio, 4),
+            "p50_wait_boots": round(self.wait_quantile(0.50) / self.boot_ref_s, 4),
+            "p95_wait_boots": round(self.wait_quantile(0.95) / self.boot_ref_s, 4),
+            "makespan_s": round(self.makespan_s, 1),
+        }
+
+
+def quantile(values: tuple[float, ...] | list[float], q: float) -> float:
+    """Linear-interpolation quantile (the usual 'inclusive' definition)."""
+    if not values:
+        raise ValueError("no values")
+    if len(values) == 1:
+        return float(values[0])
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    index = round(q * 100)
+    if index <= 0:
+        return float(min(values))
+    if index >= 100:
+        return float(max(values))
+    return cuts[index - 1]
+
+
+def simulate(trace: Trace, params: PoolParams, controller: Controller, seed: int = 0) -> Result:
+    """Run one controller over one trace; raises SimulationError if work is lost."""
+    if not trace.jobs:
+        raise SimulationError(f"trace {trace.name!r} has no jobs")
+    pool = Pool(trace, params, seed)
+    for job in trace.jobs:
+        pool.schedule(job.arrival, ARRIVAL, job.id)
+    if controller.tick_s:
+        pool.schedule(controller.tick_s, TICK, None)
+    controller.setup(pool)
+    limit = trace.horizon_s + EXTRA_S
+    total = len(trace.jobs)
+    while pool._events:
+        at, _, _, kind, data = heapq.heappop(pool._events)
+        if at > limit:
+            break
+        pool.now = at
+        pool.handle(kind, data)
+        pool.dispatch(controller.pull)
+        if kind == TICK:
+            controller.on_tick(pool)
+            if controller.tick_s:
+                pool.schedule(at + controller.tick_s, TICK, None)
+        else:
+            controller.on_event(pool, kind)
+        pool.dispatch(controller.pull)
+        if len(pool.done_at) == total and not pool.in_state(STARTING, RUNNING, DRAINING,
+                                                            DEALLOCATING):
+            break
+    if len(pool.done_at) != total:
+        raise SimulationError(
+            f"{controller.name} on {trace.name}: {total - len(pool.done_at)} of {total} jobs "
+            "never finished")
+    end = max(trace.horizon_s, pool.now)
+    pool.now = end
+    for vm in pool.vms.values():
+        pool._stop_billing(vm)
+    return _result(trace, params, controller, pool, end)
+
+
+def _result(trace: Trace, params: PoolParams, controller: Controller, pool: Pool,
+            end: float) -> Result:
+    jobs: list[Job] = list(trace.jobs)
+    waits = tuple(pool.started_at[j.id] - j.arrival for j in jobs)
+    first = min(j.arrival for j in jobs)
+    return Result(
+        policy=controller.name, trace=trace.name, slots=params.slots,
+        billed_s=sum(vm.billed_s for vm in pool.vms.values()),
+        work_s=sum(j.duration for j in jobs), waits_s=waits,
+        makespan_s=max(pool.done_at.values()) - first, horizon_s=end,
+        boot_ref_s=params.boot_s, processed=len(pool.done_at),
+        starts=sum(vm.boots for vm in pool.vms.values()))
+
+
+def ceil_div(a: float, b: int) -> int:
+    return max(0, math.ceil(a / b))

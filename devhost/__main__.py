@@ -1,0 +1,79 @@
+"""`python -m devhost start --script-root DIR [--port 7071]`: run a function app like `func start`.
+
+Serves until SIGINT or SIGTERM, then stops cleanly with exit code 0. A configuration or
+indexing problem exits with code 1 and a one-line message.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from devhost.config import read_local_settings
+from devhost.errors import ConfigError, DevHostError
+from devhost.host import DevHost
+
+DEFAULT_PORT = 7071
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m devhost",
+                                     description="Local stand-in for the Azure Functions host")
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", help="run the function app in --script-root")
+    start.add_argument("--script-root", default=".", help="folder with function_app.py")
+    start.add_argument("--port", type=int, default=None,
+                       help="HTTP port (default: Host.LocalHttpPort or 7071)")
+    start.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    start.add_argument("--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+async def _serve(host: DevHost) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await host.start()
+    try:
+        print(host.describe(), flush=True)
+        print(f"Host started on {host.base_url} (Ctrl+C to stop)", flush=True)
+        await stop.wait()
+        print("Stopping host...", flush=True)
+    finally:
+        await host.stop()
+    print("Host stopped.", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("azure.core.pipeline.policies.http_logging_policy", "azure.identity",
+                  "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    root = Path(args.script_root)
+    try:
+        port = args.port
+        if port is None:
+            _values, host_section = read_local_settings(root)
+            raw_port = host_section.get("LocalHttpPort") or DEFAULT_PORT
+            if not str(raw_port).isdigit() or not 0 < int(raw_port) < 65536:
+                raise ConfigError(f"local.settings.json Host.LocalHttpPort: bad port {raw_port!r}")
+            port = int(raw_port)
+        asyncio.run(_serve(DevHost(root, port=port, host=args.host)))
+    except DevHostError as exc:
+        print(f"devhost: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as exc:
+        print(f"devhost: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

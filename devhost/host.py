@@ -1,0 +1,424 @@
+"""`DevHost`: one running local host for one script root (settings, app, server, triggers).
+
+One long-lived asyncio loop serves HTTP and runs every async function (the durable SDK keeps
+one aiohttp session per process); sync functions run on a thread pool; blocking storage calls
+run on a separate I/O pool so busy functions never starve the trigger listeners.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import uuid
+from collections.abc import Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from azure.functions import meta
+from azure.functions.queue import QueueMessage
+from azure.functions.timer import TimerRequestConverter
+
+from devhost.blobs import BlobPoller, BlobTrigger, EventGridWebhook, is_event_grid
+from devhost.config import HostConfig, load_host_config, read_local_settings
+from devhost.errors import BindingError, ConfigError, DevHostError, InvocationError
+from devhost.http_front import MAX_BODY_BYTES, HttpFront, error_response
+from devhost.invoker import Invoker, base_type, blob_argument
+from devhost.keys import HostKeys
+from devhost.loader import LoadedApp, load_app
+from devhost.queues import QueueListener
+from devhost.storage_bindings import StorageBindings, split_blob_path
+from devhost.timers import TimerRunner
+from shared.storage import StorageConfigError, StorageConnection
+
+log = logging.getLogger("devhost")
+
+BLOB_POLL_SETTING = "DEVHOST_BLOB_POLL_SECONDS"
+QUEUE_POLL_SETTING = "DEVHOST_QUEUE_MAX_POLL_SECONDS"
+HOST_ID_SETTING = "AzureFunctionsWebHost__hostid"
+BODY_LIMIT_SETTING = "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"
+SUPPORTED_BINDINGS = frozenset({"blob", "queue", "table", "http", "durableClient"})
+STORAGELESS_TRIGGERS = frozenset({"httpTrigger", "orchestrationTrigger", "activityTrigger",
+                                  "entityTrigger"})
+SUPPORTED_TRIGGERS = frozenset({"httpTrigger", "timerTrigger", "blobTrigger", "queueTrigger",
+                                "orchestrationTrigger", "activityTrigger", "entityTrigger"})
+
+
+def host_id_for(script_root: Path, settings: Mapping[str, str]) -> str:
+    """The host id (names the receipts and timer status); like the host's, at most 32 chars."""
+    raw = settings.get(HOST_ID_SETTING) or script_root.resolve().name or "devhost"
+    slug = re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")[:32].strip("-")
+    if not slug:
+        raise ConfigError(f"{HOST_ID_SETTING}: {raw!r} gives an empty host id")
+    return slug
+
+
+def _float_setting(settings: Mapping[str, str], name: str, default: float | None,
+                   low: float = 0.05, high: float = 3600) -> float | None:
+    raw = (settings.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"setting {name}: expected seconds, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"setting {name}: expected {low:g} to {high:g}, got {raw!r}")
+    return value
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, bound now so the port is known before anything starts."""
+    try:
+        sock = socket.create_server((host, port), reuse_port=False)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+async def close_durable_client_session() -> None:
+    """Close the durable SDK's per-process HTTP session if it belongs to the running loop
+    (a session made on another loop is left to its owner)."""
+    module = sys.modules.get("azure.durable_functions.models.utils.http_utils")
+    close = getattr(module, "_close_session", None)
+    session = getattr(module, "_client_session", None)
+    if close is not None and session is not None and getattr(
+            session, "_loop", None) is asyncio.get_running_loop():
+        try:
+            await close()
+        except Exception as exc:  # noqa: BLE001 - closing is best effort at shutdown
+            log.debug("closing the durable client session failed: %s", exc)
+
+
+def durable_engine_class() -> Any:
+    """`devhost.durable.engine.DurableEngine`, or None while that module does not exist."""
+    try:
+        module = importlib.import_module("devhost.durable.engine")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("devhost.durable", "devhost.durable.engine"):
+            return None
+        raise
+    return getattr(module, "DurableEngine", None)
+
+
+class DevHost:
+    """A local Functions host for `script_root`, serving on `host:port` (0 = any free port).
+
+    `env` entries override the process environment; local.settings.json `Values` fill in
+    what neither sets. `start()`/`stop()` must run on the loop that serves the host.
+    """
+
+    def __init__(self, script_root: str | Path, port: int = 7071, env: Mapping[str, str] | None
+                 = None, host: str = "127.0.0.1") -> None:
+        self.script_root = Path(script_root).resolve()
+        self.port = port
+        self.bind_host = host
+        self.env = dict(env or {})
+        self.config = HostConfig()
+        self.keys: HostKeys | None = None
+        self.host_id = ""
+        self.loaded: LoadedApp | None = None
+        self.engine: Any = None
+        self.front: HttpFront | None = None
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
+        self._runner: web.AppRunner | None = None
+        self._saved_env: dict[str, str] | None = None
+        self._host_section: dict[str, Any] = {}
+        self._added_path = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._io_executor: ThreadPoolExecutor | None = None
+        self.invoker: Invoker | None = None
+        self.blob_triggers: dict[str, BlobTrigger] = {}
+        self.blob_pollers: list[BlobPoller] = []
+        self.queue_listeners: list[QueueListener] = []
+        self.timers: list[TimerRunner] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.bind_host}:{self.port}"
+
+    @property
+    def master_key(self) -> str:
+        assert self.keys is not None
+        return self.keys.master
+
+    @property
+    def function_key(self) -> str:
+        assert self.keys is not None
+        return self.keys.function
+
+    # --- start ------------------------------------------------------------------------------
+
+    def _apply_settings(self) -> dict[str, str]:
+        values, host_section = read_local_settings(self.script_root)
+        self._saved_env = dict(os.environ)
+        os.environ.update(self.env)
+        for key, value in values.items():
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("AzureWebJobsScriptRoot", str(self.script_root))
+        self._host_section = host_section
+        return dict(os.environ)
+
+    async def start(self) -> None:
+        """Load settings and the app, bind the server, then start every trigger."""
+        loop = asyncio.get_running_loop()
+        try:
+            await self._start(loop)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        settings = self._apply_settings()
+        self.config = load_host_config(self.script_root, settings)
+        self.host_id = host_id_for(self.script_root, settings)
+        blob_poll = _float_setting(settings, BLOB_POLL_SETTING, 10.0)
+        queue_poll = _float_setting(settings, QUEUE_POLL_SETTING, None)
+        self.keys = HostKeys.from_settings(settings)
+        self._added_path = str(self.script_root) not in sys.path
+        self.loaded = load_app(self.script_root, settings)
+        for spec in self.loaded.specs:
+            if spec.trigger_type not in SUPPORTED_TRIGGERS:
+                raise ConfigError(f"function {spec.name}: trigger {spec.trigger_type} is not"
+                                  " supported by devhost")
+            if spec.trigger_type not in STORAGELESS_TRIGGERS:
+                try:
+                    StorageConnection.from_env("AzureWebJobsStorage", settings)
+                except StorageConfigError as exc:
+                    raise ConfigError(
+                        f"function {spec.name}: AzureWebJobsStorage is required for"
+                        f" {spec.trigger_type} functions ({exc})") from None
+            for binding in spec.inputs() + spec.outputs():
+                if binding.get("type") not in SUPPORTED_BINDINGS:
+                    raise ConfigError(f"function {spec.name}: binding {binding.get('name')!r}"
+                                      f" of type {binding.get('type')} is not supported by"
+                                      " devhost")
+        threads = int(_float_setting(settings, "PYTHON_THREADPOOL_THREAD_COUNT", None, 1, 1000)
+                      or min(32, (os.cpu_count() or 1) + 4))
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="devhost-fn")
+        self._io_executor = ThreadPoolExecutor(8, thread_name_prefix="devhost-io")
+        timeout = (self.config.function_timeout.total_seconds()
+                   if self.config.function_timeout else None)
+        self.invoker = Invoker(loop, self._executor, self._io_executor, StorageBindings(),
+                               str(self.script_root), timeout)
+        self._build_triggers(blob_poll or 10.0, queue_poll)
+        webhook = EventGridWebhook({n: t for n, t in self.blob_triggers.items()
+                                    if is_event_grid(t.spec)}, self.keys, self.spawn)
+        uses_durable = any(s.uses_durable for s in self.loaded.specs)
+        body_limit = _float_setting(settings, BODY_LIMIT_SETTING, MAX_BODY_BYTES, 1024, 2**31)
+        self.front = HttpFront(
+            self.loaded.specs, self.config.route_prefix, self.keys, self.invoker,
+            admin_invoke=self.admin_invoke, blobs_webhook=webhook.handle,
+            durable_webhook=self._durable_http if uses_durable else None, status=self.status,
+            max_body_bytes=int(body_limit or MAX_BODY_BYTES),
+            cors=str(self._host_section.get("CORS") or ""),
+            cors_credentials=bool(self._host_section.get("CORSCredentials")))
+        sock = bind_socket(self.bind_host, self.port)
+        self.port = sock.getsockname()[1]
+        try:
+            if uses_durable:  # before serving: the first request may need the engine
+                await self._start_durable(loop, settings)
+            self._runner = web.AppRunner(self.front.application(), access_log=None,
+                                         handle_signals=False)
+            await self._runner.setup()
+            await web.SockSite(self._runner, sock).start()
+        except BaseException:
+            sock.close()
+            raise
+        for runner in [*self.timers, *self.blob_pollers, *self.queue_listeners]:
+            task = loop.create_task(runner.run())
+            task.add_done_callback(self._task_done)
+            self._loops.append(task)
+
+    def _build_triggers(self, blob_poll: float, queue_poll: float | None) -> None:
+        assert self.loaded is not None and self.invoker is not None
+        for spec in self.loaded.specs:
+            if spec.trigger_type == "timerTrigger":
+                self.timers.append(TimerRunner(spec, self.invoker, self.host_id, self._stop))
+            elif spec.trigger_type == "blobTrigger":
+                trigger = BlobTrigger(spec, self.invoker, self.host_id,
+                                      self.config.queue_max_dequeue_count)
+                self.blob_triggers[spec.name] = trigger
+                if not is_event_grid(spec):
+                    self.blob_pollers.append(BlobPoller(trigger, blob_poll, self._stop))
+            elif spec.trigger_type == "queueTrigger":
+                self.queue_listeners.append(QueueListener(spec, self.invoker, self.config,
+                                                          self._stop, queue_poll))
+
+    async def _start_durable(self, loop: asyncio.AbstractEventLoop,
+                             settings: Mapping[str, str]) -> None:
+        assert self.loaded is not None and self.invoker is not None
+        engine_class = durable_engine_class()
+        if engine_class is None:
+            log.warning("durable functions found but devhost/durable/engine.py is missing:"
+                        " orchestrations, activities and durable clients will not run")
+            return
+        try:
+            conn = StorageConnection.from_env(self.config.durable_connection, settings)
+        except StorageConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        if not conn.connection_string:
+            raise ConfigError(f"setting {self.config.durable_connection}: the durable engine"
+                              " needs a storage connection string")
+        self.engine = engine_class(functions=self.loaded.functions,
+                                   connection_string=conn.connection_string,
+                                   hub_name=self.config.hub_name, base_url=self.base_url,
+                                   loop=loop, executor=self._executor)
+        await self.engine.start()
+        self.invoker.durable_client_json = self.engine.client_binding_json
+
+    async def _durable_http(self, request: web.Request) -> web.StreamResponse:
+        if self.engine is None:
+            return error_response(503, "ServiceUnavailable", "the durable engine is not running")
+        return await self.engine.handle_http(request)
+
+    # --- running ----------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a background invocation; the host waits for it on stop."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """Log what a background task or trigger loop died of (invocations log their own)."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if not isinstance(exc, InvocationError):
+                log.error("background work failed: %s", exc, exc_info=exc)
+
+    async def admin_invoke(self, spec: Any, value: Any) -> None:
+        """`POST /admin/functions/{name}`: run a non-HTTP function with `input`, in the
+        background (the caller gets 202 at once)."""
+        assert self.invoker is not None
+        kind = spec.trigger_type
+        reason = "This function was programmatically called via the host APIs."
+        text = value if isinstance(value, str) else "" if value is None else json.dumps(value)
+        if kind == "timerTrigger":
+            request = {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": None,
+                       "IsPastDue": False}
+            argument = TimerRequestConverter.decode(meta.Datum(json.dumps(request), "json"),
+                                                    trigger_metadata=None)
+            self.spawn(self.invoker.invoke(spec, argument, {}, reason))
+        elif kind == "queueTrigger":
+            body = text.encode("utf-8")
+            base = base_type(spec.annotation(spec.trigger["name"]))
+            argument = (body if base is bytes else text if base is str else QueueMessage(
+                id=str(uuid.uuid4()), body=body, dequeue_count=1))
+            metadata: dict[str, Any] = {"QueueTrigger": text}
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                metadata.update(parsed)
+            self.spawn(self.invoker.invoke(spec, argument, metadata, reason))
+        elif kind == "blobTrigger":
+            self.spawn(self._admin_blob(spec, text))
+        else:
+            raise BindingError(f"function {spec.name}: admin invoke of {kind} is not supported")
+
+    async def _admin_blob(self, spec: Any, path: str) -> None:
+        assert self.invoker is not None
+        trigger = self.blob_triggers[spec.name]
+        container, name = split_blob_path(path)
+        values = trigger.pattern.match(container, name) or {}
+        found = await self.invoker.io(self.invoker.storage.read_blob, trigger.connection, path)
+        if found is None:
+            log.error("admin invoke of %s: blob %s does not exist", spec.name, path)
+            return
+        data, props = found
+        metadata = {"BlobTrigger": path, "Uri": props["Uri"], "Properties": props,
+                    "Metadata": props["Metadata"], **values}
+        argument = blob_argument(data, spec.annotation(spec.trigger["name"]), metadata)
+        await self.invoker.invoke(spec, argument, metadata,
+                                  "This function was programmatically called via the host APIs.")
+
+    def status(self) -> dict[str, Any]:
+        return {"id": self.host_id, "state": "Running", "version": "devhost",
+                "functions": [s.name for s in (self.loaded.specs if self.loaded else [])]}
+
+    def describe(self) -> str:
+        """The function list printed at start, like `func start`."""
+        lines = ["", "Functions:", ""]
+        assert self.loaded is not None and self.front is not None
+        http = {e.spec.name: e for e in self.front.http_functions}
+        for spec in self.loaded.specs:
+            entry = http.get(spec.name)
+            if entry is not None:
+                methods = ",".join(entry.methods) if entry.methods else "ALL"
+                lines.append(f"        {spec.name}: [{methods}] "
+                             f"{self.front.url_of(self.base_url, entry)}")
+            else:
+                lines.append(f"        {spec.name}: {spec.trigger_type}")
+            lines.append("")
+        if self.keys is not None and self.keys.generated:
+            lines.append("Generated keys (set them in local.settings.json to keep them):")
+            named = {"DEVHOST_MASTER_KEY": self.keys.master,
+                     "DEVHOST_FUNCTION_KEY": self.keys.function,
+                     "DEVHOST_BLOBS_EXTENSION_KEY": self.keys.blobs_extension}
+            for name in self.keys.generated:
+                lines.append(f"        {name}={named[name]}")
+            lines.append("")
+        return "\n".join(lines)
+
+    async def wait_idle(self) -> None:
+        """Wait until background invocations spawned so far have finished."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # --- stop -------------------------------------------------------------------------------
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop triggers, finish running invocations, close the server, restore the env."""
+        self._stop.set()
+        pending = [t for t in self._loops + list(self._tasks) if not t.done()]
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5)
+        self._loops.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.engine is not None:
+            try:
+                await self.engine.stop()
+            except Exception as exc:  # noqa: BLE001 - shutdown goes on
+                log.error("durable engine stop failed: %s", exc, exc_info=exc)
+            self.engine = None
+        if self.loaded is not None and any(s.uses_durable for s in self.loaded.specs):
+            await close_durable_client_session()
+        if self._io_executor is not None:
+            self._io_executor.shutdown(wait=True, cancel_futures=True)
+        if self._executor is not None:
+            # A sync function that outlived its timeout must not hang the stop.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._io_executor = None
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._saved_env is not None:
+            os.environ.clear()
+            os.environ.update(self._saved_env)
+            self._saved_env = None
+        if self._added_path and str(self.script_root) in sys.path:
+            sys.path.remove(str(self.script_root))
+            self._added_path = False
+        if self.loaded is not None and sys.modules.get("function_app") is self.loaded.module:
+            del sys.modules["function_app"]
+
+
+__all__ = ["DevHost", "DevHostError"]

@@ -1,0 +1,27 @@
+"""A host.json routePrefix of `v1`; the function has no route (its name is the route)."""
+import asyncio
+import os
+import pathlib
+
+import azure.functions as func
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+
+@app.route(methods=["GET"])
+def ping(req: func.HttpRequest) -> str:
+    return "pong"
+
+
+@app.route(route="settings/{name:regex(^SAMPLE_[A-Z]+$)}", methods=["GET"])
+def settings(req: func.HttpRequest) -> dict:
+    name = req.route_params["name"]
+    return {name: os.environ.get(name)}
+
+
+@app.route(route="slow", methods=["GET"])
+async def slow(req: func.HttpRequest) -> str:
+    """Marks that it started (file named by SLOW_MARKER), then takes a while."""
+    pathlib.Path(os.environ["SLOW_MARKER"]).write_text("started")
+    await asyncio.sleep(1.5)
+    return "done"

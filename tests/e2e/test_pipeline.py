@@ -1,0 +1,173 @@
+"""The pipeline end to end through devhost, on Azurite, with a local pool of agent processes."""
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from shared.pool.registry import VmState
+
+
+def _executions(count_dir: Path, action: str, body: bytes) -> int:
+    digest = hashlib.sha1(body).hexdigest()[:16]
+    return len(list(count_dir.glob(f"{action}-{digest}-*")))
+
+
+def _kill_machine(pid: int) -> None:
+    """SIGKILL a local VM: its agent and every process below it, as a power cut would."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    doomed, frontier = {pid}, [pid]
+    while frontier:
+        current = frontier.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in doomed:
+                doomed.add(child)
+                frontier.append(child)
+    for victim in doomed:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _started_vms(app) -> set[str]:
+    events = app.services.log.day(kind="pool.scaled", limit=10_000)
+    return {vm for e in events for vm in e["data"].get("start", [])}
+
+
+def _all_deallocated(app) -> bool:
+    return all(vm["state"] == "deallocated" for vm in app.pool()["vms"])
+
+
+def test_twenty_files_each_processed_once_then_pool_stops(start_app, tmp_path) -> None:
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    app = start_app(E2E_COUNT_DIR=str(counts))
+    s = app.services.settings
+    bodies = {f"batch/f{i:02d}.json": json.dumps({"n": i}).encode() for i in range(20)}
+    for name, body in bodies.items():
+        app.upload(name, body)
+    def all_finished() -> list[dict] | None:
+        js = app.jobs()
+        done = len(js) == 20 and all(j["status"] in ("succeeded", "failed") for j in js)
+        return js if done else None
+
+    jobs = app.wait_for("20 finished jobs", all_finished, timeout=240)
+    assert sorted(j["status"] for j in jobs) == ["succeeded"] * 20
+    for name, body in bodies.items():
+        assert _executions(counts, "process", body) == 1, name
+    assert app.blob_names(s.results_container) == sorted(
+        f"{n}.process.out" for n in bodies)
+    assert app.blob_names(s.archive_container) == sorted(bodies)
+    assert app.blob_names(s.data_container) == []
+    for job in jobs:
+        assert job["bytesIn"] == len(bodies[job["blob"].split("/", 1)[1]])
+        assert job["bytesOut"] == job["bytesIn"] + len(b"process:")
+    assert _started_vms(app) <= {"vm01", "vm02", "vm03"}
+    app.wait_for("every VM deallocated after the cooldown", lambda: _all_deallocated(app),
+                 timeout=90)
+    assert app.services.claims.active() == []
+
+
+def test_one_file_starts_one_vm(start_app) -> None:
+    app = start_app()
+    app.upload("single.json", b'{"one": 1}')
+    app.wait_for("the job", lambda: [j for j in app.jobs() if j["status"] == "succeeded"])
+    app.wait_for("the VM deallocated", lambda: _all_deallocated(app), timeout=60)
+    assert len(_started_vms(app)) == 1
+
+
+def test_run_summary_adds_up(start_app) -> None:
+    app = start_app()
+    bodies = {f"run/r{i}.json": (b"x" * (10 + i)) for i in range(6)}
+    for name, body in bodies.items():  # owned by a run: the blob trigger leaves them alone
+        app.upload(name, body, metadata={"run_id": "run-summary"})
+    response = app.post("/api/runs", json={"prefix": "run/", "runId": "run-summary"})
+    assert response.status_code == 202, response.text
+    def summarised() -> dict | None:
+        run = app.get("/api/runs/run-summary").json()
+        done = (run.get("orchestration") or {}).get("runtimeStatus") == "Completed"
+        return run if done and run.get("summary") else None
+
+    run = app.wait_for("the run to complete", summarised, timeout=180)
+    summary = run["summary"]
+    assert (summary["files"], summary["succeeded"], summary["failed"]) == (6, 6, 0)
+    assert summary["bytesIn"] == sum(len(b) for b in bodies.values())
+    assert summary["bytesOut"] == summary["bytesIn"] + 6 * len(b"process:")
+    assert run["orchestration"]["runtimeStatus"] == "Completed"
+    assert len(app.jobs(runId="run-summary")) == 6
+    again = app.post("/api/runs", json={"prefix": "run/", "runId": "run-summary"})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "Conflict"
+
+
+def test_agent_killed_mid_file_still_completes_once(start_app, tmp_path) -> None:
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    app = start_app(E2E_COUNT_DIR=str(counts), E2E_SLOW_SECONDS="8", POOL_MAX_RUNNING="2")
+    body = b'{"slow": true}'
+    app.upload("slow.json", body)
+    claim = app.wait_for("a claim", app.services.claims.active, timeout=60)[0]
+    pid_file = Path(app.env["LOCAL_STATE_DIR"]) / f"{claim.vm}.json"
+    _kill_machine(json.loads(pid_file.read_text())["pid"])
+    jobs = app.wait_for("the job to finish", lambda: [
+        j for j in app.jobs() if j["status"] in ("succeeded", "failed")], timeout=180)
+    assert [j["status"] for j in jobs] == ["succeeded"]
+    assert _executions(counts, "process", body) == 1
+    assert app.blob_names(app.services.settings.results_container) == ["slow.json.process.out"]
+
+
+def test_vm_that_never_comes_up_is_replaced(start_app) -> None:
+    app = start_app(E2E_DEAD_VM="vm01", POOL_MAX_RUNNING="1", BOOT_TIMEOUT_SECONDS="10")
+    app.upload("needs-a-vm.json", b"{}")
+    jobs = app.wait_for("the job to succeed", lambda: [
+        j for j in app.jobs() if j["status"] == "succeeded"], timeout=180)
+    assert jobs[0]["vm"] != "vm01"
+    assert app.services.registry.get("vm01").state == VmState.FAILED
+
+
+def test_same_blob_twice_is_one_job_and_an_overwrite_is_another(start_app) -> None:
+    app = start_app(E2E_SLOW_SECONDS="3")
+    s = app.services.settings
+    app.upload("twice.json", b'{"slow": 1}')
+    for _ in range(2):  # the trigger fires again for the same blob and ETag
+        response = app.http.post(f"{app.base}/admin/functions/data_blob_trigger",
+                                 json={"input": f"{s.data_container}/twice.json"},
+                                 headers={"x-functions-key": "e2e-master-key"}, timeout=10)
+        assert response.status_code == 202, response.text
+    app.wait_for("the first job", lambda: [j for j in app.jobs() if j["status"] == "succeeded"])
+    time.sleep(2)
+    assert len(app.jobs()) == 1
+    app.upload("twice.json", b'{"v": 2}')
+    app.wait_for("a second job", lambda: len(
+        [j for j in app.jobs() if j["status"] == "succeeded"]) == 2)
+
+
+def test_two_step_pipeline_chains_on_the_pool(start_app) -> None:
+    app = start_app(PIPELINE_ACTIONS="extract,transform")
+    app.upload("chain.json", b"raw")
+    jobs = app.wait_for("the job", lambda: [
+        j for j in app.jobs() if j["status"] in ("succeeded", "failed")], timeout=120)
+    assert jobs[0]["status"] == "succeeded", jobs
+    results = app.services.settings.results_container
+    final = jobs[0]["output"]
+    assert final == f"{results}/chain.json.extract.out.transform.out"
+    data = app.services.blobs.get_blob_client(results, final.split("/", 1)[1]) \
+        .download_blob().readall()
+    assert data == b"transform:extract:raw"
+
+
+def test_failing_action_is_retried_then_moved_to_failed(start_app) -> None:
+    app = start_app(MAX_ATTEMPTS="2")
+    app.upload("bad.json", b'{"fail": true}')
+    jobs = app.wait_for("the job to fail", lambda: [
+        j for j in app.jobs() if j["status"] == "failed"], timeout=120)
+    assert jobs[0]["attempts"] == 2 and "refusing input" in jobs[0]["error"]
+    failed = app.blob_names(app.services.settings.failed_container)
+    assert failed == ["bad.json", "bad.json.error.json"]
