@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 AZURITE := node_modules/.bin/azurite
 AZURITE_DIR := .azurite
 
-.PHONY: install run test lint clean azurite
+.PHONY: install run test lint bench clean azurite
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -33,6 +33,13 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(PY) scripts/check_infra.py
+
+# Benchmarks print their figures and write bench/results/ and docs/benchmarks.md tables.
+bench: install
+	$(PY) -m bench.policy
+	$(PY) -m bench.agent_throughput
+	$(PY) -m devhost.durable.bench --activities 1000 --rounds 3
 
 clean:
-	rm -rf $(VENV) .venv-worker node_modules $(AZURITE_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-worker .venv-infra node_modules .local-pool $(AZURITE_DIR) .pytest_cache .ruff_cache

@@ -1,0 +1,203 @@
+// The VM pool: a VNet with one subnet (NSG, NAT gateway for outbound), and N Linux VMs named
+// vm01..vmNN, each with a NIC (no public IP by default) and the shared VM identity. cloud-init
+// (agent/deploy/cloud-init.yaml, placeholders filled per VM) installs the agent as a systemd
+// service. Bicep cannot leave a VM deallocated: every VM boots once, its agent finds no work
+// and asks to go idle, and the app's scaler deallocates idle VMs on its first pass.
+param location string
+param tags object = {}
+param resourceToken string
+param vmNames array
+param vmSize string
+
+@description('imageReference of the VMs: publisher, offer, sku, version')
+param vmImage object
+param publicIpEnabled bool = false
+param adminUsername string
+param adminSshPublicKey string
+param vmIdentityId string
+param vmIdentityClientId string
+param storageAccountName string
+param workQueue string
+param resultsContainer string
+param claimTable string
+param vmTable string
+param appBaseUrl string
+
+@description('Blob URL of the agent tarball (uploaded by scripts/postprovision.sh); fetched with the VM identity.')
+param agentPackageUrl string
+
+@secure()
+@description('Host key the agents present to the app API (set on the app as host key vmagent by scripts/postdeploy.sh).')
+param agentFunctionKey string
+
+@description('AGENT_ACTIONS: action name -> command template with {input} and {output}.')
+param agentActions object
+
+@description('Address space of the pool VNet.')
+param addressPrefix string = '10.40.0.0/16'
+param subnetPrefix string = '10.40.0.0/24'
+
+var cloudInitTemplate = loadTextContent('../../agent/deploy/cloud-init.yaml')
+var storageSuffix = environment().suffixes.storage
+
+resource nsg 'Microsoft.Network/networkSecurityGroups@2024-01-01' = {
+  name: 'nsg-pool-${resourceToken}'
+  location: location
+  tags: tags
+  properties: {
+    // No inbound rule: the agents only call out (storage, the app). Administrators use
+    // Azure Bastion or a just-in-time rule when they need SSH.
+    securityRules: []
+  }
+}
+
+resource natIp 'Microsoft.Network/publicIPAddresses@2024-01-01' = {
+  name: 'pip-nat-${resourceToken}'
+  location: location
+  tags: tags
+  sku: { name: 'Standard' }
+  properties: {
+    publicIPAllocationMethod: 'Static'
+  }
+}
+
+// Outbound for VMs without public IPs (new subnets get no default outbound access).
+resource nat 'Microsoft.Network/natGateways@2024-01-01' = {
+  name: 'ng-pool-${resourceToken}'
+  location: location
+  tags: tags
+  sku: { name: 'Standard' }
+  properties: {
+    idleTimeoutInMinutes: 10
+    publicIpAddresses: [{ id: natIp.id }]
+  }
+}
+
+resource vnet 'Microsoft.Network/virtualNetworks@2024-01-01' = {
+  name: 'vnet-pool-${resourceToken}'
+  location: location
+  tags: tags
+  properties: {
+    addressSpace: { addressPrefixes: [addressPrefix] }
+    subnets: [
+      {
+        name: 'pool'
+        properties: {
+          addressPrefix: subnetPrefix
+          networkSecurityGroup: { id: nsg.id }
+          natGateway: { id: nat.id }
+          defaultOutboundAccess: false
+          serviceEndpoints: [{ service: 'Microsoft.Storage' }]
+        }
+      }
+    ]
+  }
+}
+
+resource publicIps 'Microsoft.Network/publicIPAddresses@2024-01-01' = [for name in vmNames: if (publicIpEnabled) {
+  name: '${name}-pip'
+  location: location
+  tags: tags
+  sku: { name: 'Standard' }
+  properties: {
+    publicIPAllocationMethod: 'Static'
+  }
+}]
+
+resource nics 'Microsoft.Network/networkInterfaces@2024-01-01' = [for (name, i) in vmNames: {
+  name: '${name}-nic'
+  location: location
+  tags: tags
+  properties: {
+    enableAcceleratedNetworking: false
+    enableIPForwarding: false
+    ipConfigurations: [
+      {
+        name: 'ipconfig1'
+        properties: {
+          privateIPAllocationMethod: 'Dynamic'
+          subnet: { id: vnet.properties.subnets[0].id }
+          publicIPAddress: publicIpEnabled ? { id: publicIps[i].id } : null
+        }
+      }
+    ]
+  }
+}]
+
+// Each VM's agent configuration (the agent's AGENT_* variables) as an environment file. The
+// cloud-init template writes it from base64 (placeholder __AGENT_ENV_B64__, so no quoting or YAML
+// indentation can break it) and fetches the agent from __AGENT_PACKAGE_URL__.
+var agentEnv = [for name in vmNames: join([
+  'AGENT_VM_NAME=${name}'
+  'AGENT_API_BASE_URL=${appBaseUrl}'
+  'AGENT_FUNCTION_KEY=${agentFunctionKey}'
+  'AGENT_ACTIONS=${string(agentActions)}'
+  'AGENT_STORAGE__blobServiceUri=https://${storageAccountName}.blob.${storageSuffix}'
+  'AGENT_STORAGE__queueServiceUri=https://${storageAccountName}.queue.${storageSuffix}'
+  'AGENT_STORAGE__tableServiceUri=https://${storageAccountName}.table.${storageSuffix}'
+  'AGENT_STORAGE__credential=managedidentity'
+  'AGENT_STORAGE__clientId=${vmIdentityClientId}'
+  'AGENT_WORK_QUEUE=${workQueue}'
+  'AGENT_RESULTS_CONTAINER=${resultsContainer}'
+  'AGENT_CLAIM_TABLE=${claimTable}'
+  'AGENT_VM_TABLE=${vmTable}'
+  'AZURE_CLIENT_ID=${vmIdentityClientId}'
+  ''
+], '\n')]
+var customData = [for (name, i) in vmNames: replace(replace(cloudInitTemplate, '__AGENT_ENV_B64__', base64(agentEnv[i])), '__AGENT_PACKAGE_URL__', agentPackageUrl)]
+
+resource vms 'Microsoft.Compute/virtualMachines@2024-07-01' = [for (name, i) in vmNames: {
+  // checkov:skip=CKV_AZURE_97: encryption at host needs the EncryptionAtHost feature registered on the subscription; managed disks are encrypted at rest with platform keys anyway
+  // checkov:skip=CKV_AZURE_151: same as CKV_AZURE_97 (the check's title says Windows; these are Linux VMs)
+  name: name
+  location: location
+  tags: union(tags, { 'vmpool-member': name })
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${vmIdentityId}': {} }
+  }
+  properties: {
+    hardwareProfile: { vmSize: vmSize }
+    osProfile: {
+      computerName: name
+      adminUsername: adminUsername
+      customData: base64(customData[i])
+      linuxConfiguration: {
+        disablePasswordAuthentication: true
+        provisionVMAgent: true
+        ssh: {
+          publicKeys: [
+            {
+              path: '/home/${adminUsername}/.ssh/authorized_keys'
+              keyData: adminSshPublicKey
+            }
+          ]
+        }
+        patchSettings: { patchMode: 'ImageDefault' }
+      }
+      allowExtensionOperations: false
+    }
+    securityProfile: {
+      securityType: 'TrustedLaunch'
+      uefiSettings: { secureBootEnabled: true, vTpmEnabled: true }
+      encryptionAtHost: false
+    }
+    storageProfile: {
+      imageReference: vmImage
+      osDisk: {
+        name: '${name}-osdisk'
+        createOption: 'FromImage'
+        deleteOption: 'Delete'
+        managedDisk: { storageAccountType: 'StandardSSD_LRS' }
+      }
+    }
+    networkProfile: {
+      networkInterfaces: [{ id: nics[i].id, properties: { deleteOption: 'Delete' } }]
+    }
+    diagnosticsProfile: { bootDiagnostics: { enabled: true } }
+  }
+}]
+
+output vmNames array = vmNames
+output subnetId string = vnet.properties.subnets[0].id
+output natPublicIp string = natIp.properties.ipAddress

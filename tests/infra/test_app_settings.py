@@ -1,0 +1,83 @@
+"""Every app setting the code reads is set by the templates, for the function app in Azure and
+on Kubernetes; the pool VMs' agent gets only variables the agent reads."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from agent.config import REQUIRED as AGENT_REQUIRED
+from agent.config import variable_names as agent_variable_names
+from scripts import bicep_reader as br
+from shared.settings import setting_names
+
+# Host-level settings the templates set for the Functions host and SDKs (not read by our code).
+HOST_SETTINGS = {
+    "AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__tableServiceUri", "AzureWebJobsStorage__credential",
+    "AzureWebJobsStorage__clientId", "AZURE_CLIENT_ID", "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY",
+}
+
+
+def _app_settings(infra: Path) -> set[str]:
+    main = br.object_literal_keys(br.read(infra / "main.bicep"), "appSettings")
+    host = br.object_literal_keys(br.read(infra / "app" / "api.bicep"), "hostSettings")
+    return set(main) | set(host)
+
+
+def test_every_setting_the_code_reads_is_set_in_azure(infra: Path) -> None:
+    names = set(setting_names())
+    assert len(names) >= 34
+    missing = names - _app_settings(infra)
+    assert not missing, f"settings the app reads but main.bicep does not set: {sorted(missing)}"
+
+
+def test_templates_set_no_unknown_app_setting(infra: Path) -> None:
+    unknown = _app_settings(infra) - set(setting_names()) - HOST_SETTINGS
+    assert not unknown, f"settings no code reads: {sorted(unknown)}"
+
+
+def test_azure_values_that_matter(infra: Path) -> None:
+    main = br.strip_comments(br.read(infra / "main.bicep"))
+    assert re.search(r"^\s*POOL_BACKEND: 'azure'$", main, re.MULTILINE)
+    assert re.search(r"^\s*BLOB_TRIGGER_SOURCE: 'EventGrid'$", main, re.MULTILINE)
+    assert "@Microsoft.KeyVault(SecretUri=" in main
+    assert "AZURE_SUBSCRIPTION_ID: subscription().subscriptionId" in main
+    # Slot-sticky: each slot its own task hub; only production drives the pool.
+    assert "var stickySettingNames = concat(['TASKHUB_NAME', 'POOL_BACKEND']" in main
+    api = br.read(infra / "app" / "api.bicep")
+    assert "AzureWebJobsStorage__credential: 'managedidentity'" in api
+    storage = br.read(infra / "core" / "storage" / "storage-account.bicep")
+    assert "allowSharedKeyAccess: false" in storage
+
+
+def test_functions_disabled_in_staging_exist(infra: Path, root: Path) -> None:
+    """The sticky AzureWebJobs.<name>.Disabled settings must name real functions."""
+    main = br.strip_comments(br.read(infra / "main.bicep"))
+    match = re.search(r"^param stagingDisabledFunctions array = (\[.*\])$", main, re.MULTILINE)
+    assert match
+    names = ast.literal_eval(match.group(1))
+    defined = {m for p in (root / "blueprints").glob("*.py")
+               for m in re.findall(r"^(?:async )?def (\w+)\(", p.read_text(), re.MULTILINE)}
+    assert names and set(names) <= defined, f"not functions: {set(names) - defined}"
+
+
+def test_vm_agent_environment_names_what_the_agent_reads(infra: Path) -> None:
+    text = br.read(infra / "app" / "vmpool.bicep")
+    block = text[text.index("var agentEnv"):text.index("var customData")]
+    names = set(re.findall(r"^\s*'([A-Za-z_]+)=", block, re.MULTILINE))
+    known = set(agent_variable_names()) | {"AZURE_CLIENT_ID"}
+    assert names, "no agent environment in vmpool.bicep"
+    assert names <= known, f"the agent reads no {sorted(names - known)}"
+    assert set(AGENT_REQUIRED) <= names, f"missing {set(AGENT_REQUIRED) - names}"
+    # The agent adds /api/vms/... itself: it gets the app's root URL.
+    main = br.read(infra / "main.bicep")
+    assert "appBaseUrl: 'https://${functionAppName}.azurewebsites.net'" in main
+
+
+def test_cloud_init_has_the_placeholders_the_template_fills(root: Path, infra: Path) -> None:
+    template = (root / "agent" / "deploy" / "cloud-init.yaml").read_text()
+    bicep = br.read(infra / "app" / "vmpool.bicep")
+    for placeholder in ("__AGENT_ENV_B64__", "__AGENT_PACKAGE_URL__"):
+        assert placeholder in template and f"'{placeholder}'" in bicep, placeholder
