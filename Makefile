@@ -1,6 +1,8 @@
 # Set-up and everyday commands. Everything a fresh machine lacks is installed by these targets:
 # a virtualenv from the pinned requirements, Azurite from npm into node_modules/.
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -38,8 +40,11 @@ lint: install
 # Benchmarks print their figures and write bench/results/ and docs/benchmarks.md tables.
 bench: install
 	$(PY) -m bench.policy
-	$(PY) -m bench.agent_throughput
-	$(PY) -m devhost.durable.bench --activities 1000 --rounds 3
+	$(PY) -m bench.latency
+	$(PY) -m bench.agent_throughput | tee bench/results/agent_throughput.txt
+	$(PY) -m devhost.durable.bench --activities 1000 --rounds 3 | tee bench/results/durable_1000.txt
+	$(PY) -m devhost.durable.bench --activities 10000 --rounds 1 | tee bench/results/durable_10000.txt
+	$(PY) -m bench.report
 
 clean:
 	rm -rf $(VENV) .venv-worker .venv-infra node_modules .local-pool $(AZURITE_DIR) .pytest_cache .ruff_cache

@@ -1,0 +1,76 @@
+"""Writes the latest benchmark figures into `docs/benchmarks.md` (`make bench` runs it last).
+
+Reads what the benchmarks left in `bench/results/` and replaces the part of the document between
+the `<!-- results:start -->` and `<!-- results:end -->` markers, so the prose around it stays.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def policy_table(figures: dict) -> list[str]:
+    lines = ["### Pool policy (`bench/results/policy.json`)", "",
+             "| trace | policy | cost ratio | p50 wait (boots) | p95 wait (boots) | makespan (s) |",
+             "|---|---|---|---|---|---|"]
+    for trace, policies in figures["traces"].items():
+        for name, f in policies.items():
+            lines.append(f"| {trace} | {name} | {f['cost_ratio']:.3f} | "
+                         f"{f['p50_wait_boots']:.2f} | {f['p95_wait_boots']:.2f} | "
+                         f"{f['makespan_s']:.0f} |")
+    return [*lines, ""]
+
+
+def latency_table(figures: dict) -> list[str]:
+    lines = ["### Control-plane latency (`bench/results/latency.json`)", "",
+             "| figure | value |", "|---|---|",
+             f"| upload → processing start, warm VM, p50 | {figures['upload_to_start_p50_s']} s |",
+             f"| upload → processing start, warm VM, p95 | {figures['upload_to_start_p95_s']} s |",
+             f"| batch of {figures['files']} files on {figures['slots']} slots | "
+             f"{figures['batch_files_per_s']} files/s |"]
+    for name, rate in figures["raw"].items():
+        lines.append(f"| raw Azurite {name.replace('_', ' ')} | {rate} |")
+    lines.append(f"| batch files/s ÷ raw blob uploads/s | {figures['batch_vs_raw_blob_upload']} |")
+    return [*lines, ""]
+
+
+def text_block(title: str, path: Path) -> list[str]:
+    return [f"### {title} (`bench/results/{path.name}`)", "", "```",
+            *path.read_text().strip().splitlines(), "```", ""]
+
+
+def render() -> str:
+    parts: list[str] = [START, "", "## Latest figures (written by `make bench`)", ""]
+    if (RESULTS / "policy.json").exists():
+        parts += policy_table(json.loads((RESULTS / "policy.json").read_text()))
+    if (RESULTS / "latency.json").exists():
+        parts += latency_table(json.loads((RESULTS / "latency.json").read_text()))
+    for title, name in (("Agent throughput", "agent_throughput.txt"),
+                        ("Durable replays, 1,000 activities", "durable_1000.txt"),
+                        ("Durable replays, 10,000 activities", "durable_10000.txt")):
+        if (RESULTS / name).exists():
+            parts += text_block(title, RESULTS / name)
+    return "\n".join([*parts, END])
+
+
+def main() -> int:
+    text = DOC.read_text()
+    section = render()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    DOC.write_text(text)
+    print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
