@@ -11,7 +11,7 @@ from pathlib import Path
 import azure.durable_functions as df
 import azure.functions as func
 
-from blueprints.http_util import api_errors, json_response
+from blueprints.http_util import api_errors, instance_status, json_body, json_response
 from shared import callback
 from shared.api import (
     ApiError,
@@ -20,8 +20,6 @@ from shared.api import (
     field,
     int_param,
     not_found,
-    parse_json_body,
-    require_object,
 )
 from shared.capacity import request_capacity
 from shared.deployment import deployment_status
@@ -37,16 +35,7 @@ _RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456
 
 
 def _body(req: func.HttpRequest) -> dict:
-    return require_object(parse_json_body(req.get_body(), get_services().settings.max_body_bytes))
-
-
-async def _status(client: df.DurableOrchestrationClient, instance_id: str) -> dict | None:
-    status = await client.get_status(instance_id)
-    if status is None or status.runtime_status is None:
-        return None
-    return {"runtimeStatus": status.runtime_status.value, "customStatus": status.custom_status,
-            "createdTime": status.created_time, "lastUpdatedTime": status.last_updated_time,
-            "output": status.output}
+    return json_body(req, get_services().settings.max_body_bytes)
 
 
 @bp.route(route="jobs", methods=["POST"])
@@ -81,7 +70,7 @@ async def submit_job_http(req: func.HttpRequest,
         ref = describe_blob(services, s.data_container, name)
     except BlobMissing:
         raise not_found(f"blob '{s.data_container}/{name}' does not exist") from None
-    existing = await _status(client, ref.instance_id)
+    existing = await instance_status(client, ref.instance_id)
     if existing is None:
         await client.start_new("process_file", ref.instance_id,
                                file_job_input(s, s.data_container, name, ref.instance_id))
@@ -100,7 +89,7 @@ async def get_job_http(req: func.HttpRequest,
         job = get_services().jobs.get(job_id)
     except JobNotFound:
         raise not_found(f"job '{job_id[:100]}' does not exist") from None
-    return json_response({**job.to_api(), "orchestration": await _status(client, job_id)})
+    return json_response({**job.to_api(), "orchestration": await instance_status(client, job_id)})
 
 
 @bp.route(route="jobs", methods=["GET"])
@@ -138,7 +127,7 @@ async def start_run_http(req: func.HttpRequest,
     run_id = field(data, "runId", str, required=False) or f"run-api-{uuid.uuid4().hex[:16]}"
     if not 1 <= len(run_id) <= 80 or not set(run_id) <= _RUN_ID_CHARS:
         raise bad_request("field 'runId' may hold 1-80 letters, digits, '-' and '_'")
-    if await _status(client, run_id) is not None:
+    if await instance_status(client, run_id) is not None:
         raise conflict(f"run '{run_id}' already exists")
     await client.start_new("process_run", run_id, {
         "runId": run_id, "container": s.data_container, "prefix": prefix, "names": names,
@@ -152,7 +141,7 @@ async def start_run_http(req: func.HttpRequest,
 async def get_run_http(req: func.HttpRequest,
                        client: df.DurableOrchestrationClient) -> func.HttpResponse:
     run_id = req.route_params.get("run_id", "")
-    orchestration = await _status(client, run_id)
+    orchestration = await instance_status(client, run_id)
     summary = get_run(get_services(), run_id)
     if orchestration is None and summary is None:
         raise not_found(f"run '{run_id[:100]}' does not exist")

@@ -5,9 +5,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import azure.durable_functions as df
 import azure.functions as func
 
-from shared.api import ApiError
+from shared.api import ApiError, parse_json_body, require_object
 
 log = logging.getLogger(__name__)
 
@@ -38,3 +39,19 @@ def api_errors(handler: Callable[..., Awaitable[func.HttpResponse]]
                                            "the request failed; see the app's logs"))
 
     return wrapper
+
+
+def json_body(req: func.HttpRequest, max_bytes: int) -> dict:
+    """The request's JSON object, refused (413/400) before anything changes."""
+    return require_object(parse_json_body(req.get_body(), max_bytes))
+
+
+async def instance_status(client: df.DurableOrchestrationClient,
+                          instance_id: str) -> dict | None:
+    """An orchestration's status as the API shows it, or None when there is no such instance."""
+    status = await client.get_status(instance_id)
+    if status is None or status.runtime_status is None:
+        return None
+    return {"runtimeStatus": status.runtime_status.value, "customStatus": status.custom_status,
+            "createdTime": status.created_time, "lastUpdatedTime": status.last_updated_time,
+            "input": status.input_, "output": status.output}

@@ -4,9 +4,9 @@ import logging
 import azure.durable_functions as df
 import azure.functions as func
 
-from blueprints.http_util import api_errors, json_response
+from blueprints.http_util import api_errors, instance_status, json_body, json_response
 from shared import orchestrations
-from shared.api import not_found, parse_json_body, require_object
+from shared.api import not_found
 from shared.capacity import get_scaler, pool_status, request_capacity
 from shared.changes import parse_change, record_change, run_step, valid_change_id
 from shared.pool.backends.base import BackendError, Throttled
@@ -37,7 +37,7 @@ async def pool_status_http(req: func.HttpRequest) -> func.HttpResponse:
 async def submit_change_http(req: func.HttpRequest,
                              client: df.DurableOrchestrationClient) -> func.HttpResponse:
     services = get_services()
-    data = require_object(parse_json_body(req.get_body(), services.settings.max_body_bytes))
+    data = json_body(req, services.settings.max_body_bytes)
     change = parse_change(services, data)
     await client.start_new("pool_change", change.change_id, change.to_input())
     record_change(services, {**change.to_input(), "status": "pending"})
@@ -53,12 +53,12 @@ async def get_change_http(req: func.HttpRequest,
     change_id = req.route_params.get("change_id", "")
     if not valid_change_id(change_id):
         raise not_found(f"change '{change_id[:100]}' does not exist")
-    status = await client.get_status(change_id)
-    if status is None or status.runtime_status is None:
+    status = await instance_status(client, change_id)
+    if status is None:
         raise not_found(f"change '{change_id}' does not exist")
-    return json_response({"changeId": change_id, "runtimeStatus": status.runtime_status.value,
-                          **(status.custom_status or {}), "input": status.input_,
-                          "output": status.output})
+    return json_response({"changeId": change_id, "runtimeStatus": status["runtimeStatus"],
+                          **(status["customStatus"] or {}), "input": status["input"],
+                          "output": status["output"]})
 
 
 @bp.orchestration_trigger(context_name="context")
