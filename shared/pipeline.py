@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 from shared.jobs import FAILED, SUCCEEDED
@@ -119,15 +120,20 @@ def finish_job(services: Services, outcome: dict[str, Any]) -> dict[str, Any]:
 
 
 def _copy_then_delete(services: Services, source: Any, container: str, name: str) -> None:
-    """Copy within the account (server-side) and delete the original; repeat-safe."""
+    """Stream the blob to `container` and delete the original; repeat-safe.
+
+    Streaming keeps memory flat for large inputs, and it needs no SAS or copy-source rights
+    (a server-side copy would, with identity-based access).
+    """
     try:
-        data = source.download_blob().readall()
-        metadata = source.get_blob_properties().metadata
+        props = source.get_blob_properties()
+        stream = source.download_blob(etag=props.etag,
+                                      match_condition=MatchConditions.IfNotModified)
     except ResourceNotFoundError:
         return  # already moved by an earlier run of this step
     try:
         services.blobs.get_blob_client(container, name).upload_blob(
-            data, overwrite=True, metadata=metadata)
+            stream.chunks(), length=props.size, overwrite=True, metadata=props.metadata)
     except ResourceExistsError:
         pass
     _delete_if_exists(source)

@@ -66,6 +66,9 @@ def test_twenty_files_each_processed_once_then_pool_stops(start_app, tmp_path) -
     assert app.blob_names(s.results_container) == sorted(
         f"{n}.process.out" for n in bodies)
     assert app.blob_names(s.archive_container) == sorted(bodies)
+    for name, body in bodies.items():  # originals are moved intact
+        archived = app.services.blobs.get_blob_client(s.archive_container, name)
+        assert archived.download_blob().readall() == body, name
     assert app.blob_names(s.data_container) == []
     for job in jobs:
         assert job["bytesIn"] == len(bodies[job["blob"].split("/", 1)[1]])
