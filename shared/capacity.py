@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime, timezone
 from typing import Any
 
 from shared.pool.scaler import Scaler, sync_members
 from shared.services import Services
 
 log = logging.getLogger(__name__)
+ARRIVAL_WINDOW_S = 600.0  # the policy's arrival-rate window
 _lock = threading.Lock()
 _scalers: dict[int, Scaler] = {}
 
@@ -21,6 +23,8 @@ def _scaler(services: Services) -> Scaler:
         scaler = _scalers.get(id(services))
         if scaler is None:
             scaler = Scaler.from_settings(services.settings, services.connection)
+            scaler.arrival_times = lambda now: services.log.times(
+                "work.issued", datetime.fromtimestamp(now - ARRIVAL_WINDOW_S, timezone.utc))
             sync_members(scaler.registry, services.settings.pool_vms,
                          services.settings.vm_slots, scaler.backend)
             _scalers[id(services)] = scaler

@@ -35,6 +35,20 @@ class EventLog:
             "data": json.dumps(data or {})[:30000], "at": moment})
         return row_key
 
+    def times(self, kind: str, since: datetime, now: datetime | None = None) -> list[float]:
+        """Epoch seconds of `kind` events since `since`: a key-range read of one or two days'
+        partitions (RowKeys invert time, so recent events are a prefix of the partition)."""
+        now = now or utcnow()
+        bound = f"{_MAX_TICKS - int(since.timestamp() * 1_000_000):019d}"
+        days = sorted({since.strftime("%Y%m%d"), now.strftime("%Y%m%d")})
+        out: list[float] = []
+        for partition in days:
+            rows = self.table.query_entities(
+                "PartitionKey eq @p and RowKey le @bound and kind eq @k",
+                parameters={"p": partition, "bound": bound, "k": kind}, select=["at"])
+            out.extend(row["at"].timestamp() for row in rows)
+        return out
+
     def day(self, day: datetime | None = None, kind: str | None = None,
             limit: int = 200) -> list[dict[str, Any]]:
         partition = (day or utcnow()).strftime("%Y%m%d")

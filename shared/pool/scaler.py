@@ -13,7 +13,7 @@ starting stays starting) and are reported, not raised, so one bad VM does not st
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -110,6 +110,9 @@ class Scaler:
         self.claims = claims
         self.config = config
         self.default_boot_estimate_s = default_boot_estimate_s
+        # When work items were queued recently (epoch seconds), for the policy's arrival rate;
+        # without it the policy sizes its warm reserve from the work in flight alone.
+        self.arrival_times: Callable[[float], list[float]] | None = None
         # Passes triggered by every event would each read every VM's power state; ARM limits
         # reads per subscription, so a busy app reconciles at most this often.
         self.min_reconcile_interval_s = min_reconcile_interval_s
@@ -152,8 +155,12 @@ class Scaler:
                  records: Iterable[VmRecord] | None = None) -> policy.Snapshot:
         stamp = _as_datetime(now)
         recs = list(records) if records is not None else self.registry.list()
+        now_s = _epoch(stamp)
+        rate = (policy.arrival_rate(self.arrival_times(now_s), now_s)
+                if self.arrival_times is not None else None)
         return policy.Snapshot(vms=tuple(self.view(r) for r in recs), queued=self.queued(),
-                               in_flight=len(self.claims.active()), now=_epoch(stamp))
+                               in_flight=len(self.claims.active()), now=now_s,
+                               arrivals_per_s=rate)
 
     # --- one pass ----------------------------------------------------------------------------
 

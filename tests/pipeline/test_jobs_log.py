@@ -62,3 +62,16 @@ def test_event_log_newest_first(settings: Settings, connection: StorageConnectio
     assert [e["message"] for e in events] == ["second", "first"]
     assert events[0]["data"] == {"bytes": 3}
     assert [e["kind"] for e in log.day(now, kind="job.queued")] == ["job.queued"]
+
+
+def test_event_times_read_only_the_recent_window(settings: Settings,
+                                                 connection: StorageConnection) -> None:
+    ensure_resources(settings, connection)
+    log = EventLog(connection.table_service().get_table_client(settings.log_table))
+    now = datetime.now(timezone.utc)
+    for age in (700, 300, 10):
+        log.write("work.issued", f"{age}s ago", now=now - timedelta(seconds=age))
+    log.write("job.queued", "other kind", now=now - timedelta(seconds=5))
+    times = log.times("work.issued", since=now - timedelta(seconds=600), now=now)
+    expected = [(now - timedelta(seconds=a)).timestamp() for a in (10, 300)]
+    assert sorted(times) == pytest.approx(sorted(expected), abs=1e-3)
