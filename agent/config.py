@@ -67,6 +67,7 @@ class AgentConfig:
     api_timeout_seconds: float = 30.0
     use_pool: bool = True           # False where no pool table row exists (Kubernetes pods)
     exit_when_idle: bool = False    # exit 0 after the idle time (a Kubernetes Job's agent)
+    max_dequeue_count: int = 5      # a malformed message moves to `<queue>-poison` after this
     extra_env: dict[str, str] = field(default_factory=dict, repr=False)  # from an env file
 
     @property
@@ -176,6 +177,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "AGENT_API_TIMEOUT_SECONDS": ("api_timeout_seconds", _number(1, 600)),
     "AGENT_USE_POOL": ("use_pool", parse_bool),
     "AGENT_EXIT_WHEN_IDLE": ("exit_when_idle", parse_bool),
+    "AGENT_MAX_DEQUEUE_COUNT": ("max_dequeue_count", _number(1, 1000, integer=True)),
 }
 REQUIRED = ("AGENT_VM_NAME", "AGENT_API_BASE_URL", "AGENT_ACTIONS")
 STORAGE_KEYS = ("AGENT_STORAGE_CONNECTION", STORAGE_NAME)

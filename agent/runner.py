@@ -13,8 +13,9 @@ import shutil
 import threading
 import time
 from datetime import timedelta
+from typing import Any
 
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from agent.api import ApiError, AppClient
 from agent.config import AgentConfig
@@ -59,6 +60,7 @@ class Agent:
         # A raw client (no decode policy): each message is decoded here, so one bad message
         # cannot make a whole receive fail.
         self.queue = conn.queue_service().get_queue_client(config.work_queue)
+        self.poison = conn.queue_service().get_queue_client(f"{config.work_queue}-poison")
         self.claims = ClaimStore(conn.table_service().get_table_client(config.claim_table),
                                  stale_after=timedelta(seconds=config.claim_stale_seconds))
         self.registry = PoolRegistry(conn.table_service().get_table_client(config.vm_table))
@@ -143,6 +145,9 @@ class Agent:
         try:
             item = decode(message.content)
         except MalformedMessage as exc:
+            if lease.dequeue_count >= cfg.max_dequeue_count:
+                self._poison(message, lease, str(exc))
+                return False
             # Left alone: it comes back until the dequeue limit moves it to the poison queue.
             log.error("message %s (dequeued %d times) is malformed, left for the poison path: "
                       "%s", message.id, lease.dequeue_count, exc)
@@ -169,6 +174,18 @@ class Agent:
             self._release_slot()
         self._count(outcome)
         return outcome not in ("claimed-elsewhere",)
+
+    def _poison(self, message: Any, lease: MessageLease, reason: str) -> None:
+        """Move a message no agent can ever handle to `<queue>-poison`, as the host would."""
+        try:
+            self.poison.send_message(message.content)
+        except ResourceNotFoundError:
+            self.poison.create_queue()
+            self.poison.send_message(message.content)
+        lease.delete()
+        log.error("message %s moved to %s after %d dequeues: %s", message.id,
+                  self.poison.queue_name, lease.dequeue_count, reason)
+        self._count("poisoned")
 
     # --- pool table and app calls -----------------------------------------------------------
 

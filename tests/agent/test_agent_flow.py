@@ -127,6 +127,22 @@ def test_malformed_messages_are_left_and_do_not_stop_the_agent(wait, agent_env, 
     assert work.messages_left() == 3  # the malformed ones are left for the poison path
 
 
+def test_malformed_messages_move_to_the_poison_queue_after_the_dequeue_limit(
+        wait, agent_env, run_agent, work, api) -> None:
+    work.send_raw("this is not base64 !!!")
+    work.send_raw("eyJqb2JJZCI6ICJhIn0=")  # base64 of {"jobId": "a"}
+    item = work.submit("good.txt", b"fine")
+    agent = run_agent({**agent_env, "AGENT_VISIBILITY_TIMEOUT_SECONDS": "1",
+                       "AGENT_MAX_DEQUEUE_COUNT": "2"})
+    poison = work.connection.queue_service().get_queue_client(
+        f"{work.settings.work_queue}-poison")
+    wait(lambda: agent.outcomes.get("poisoned", 0) == 2, what="2 messages poisoned")
+    moved = sorted(m.content for m in poison.peek_messages(max_messages=32))
+    assert moved == sorted(["this is not base64 !!!", "eyJqb2JJZCI6ICJhIn0="])
+    wait(lambda: work.messages_left() == 0, what="an empty work queue")
+    assert [c.body["token"] for c in api.done_calls()] == [item.token]
+
+
 def test_unknown_action_and_missing_input_are_failed_steps(wait, agent_env, run_agent, work,
                                                            api) -> None:
     work.submit("a.txt", b"x", action="nosuchaction")
