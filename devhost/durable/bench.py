@@ -40,7 +40,7 @@ def bench_functions() -> list[Any]:
     return app.get_functions()
 
 
-async def _round(engine: DurableEngine, activities: int) -> tuple[float, int, float]:
+async def _round(engine: DurableEngine, activities: int) -> tuple[float, int, float, float]:
     before = dict(engine.stats)
     started = time.perf_counter()
     instance_id = await engine.start_new("fan", None, str(activities))
@@ -52,7 +52,8 @@ async def _round(engine: DurableEngine, activities: int) -> tuple[float, int, fl
     elapsed = time.perf_counter() - started
     assert status["output"] == sum(i * i for i in range(activities)), status
     return (elapsed, engine.stats["replays"] - before["replays"],
-            engine.stats["replay_seconds"] - before["replay_seconds"])
+            engine.stats["replay_seconds"] - before["replay_seconds"],
+            engine.stats["replay_cpu_seconds"] - before["replay_cpu_seconds"])
 
 
 def main() -> None:
@@ -74,9 +75,9 @@ def main() -> None:
         lt.run(engine.start())
         print(f"fan-out/fan-in of {args.activities} activities")
         for number in range(1, args.rounds + 1):
-            elapsed, replays, replay_seconds = lt.run(_round(engine, args.activities))
+            elapsed, replays, replay_s, cpu_s = lt.run(_round(engine, args.activities))
             print(f"round {number}: {elapsed:.2f} s, {replays} replays, "
-                  f"{replay_seconds:.2f} s replaying")
+                  f"{replay_s:.2f} s replaying, {cpu_s:.2f} s orchestrator CPU")
         lt.run(engine.stop())
     finally:
         executor.shutdown(wait=False)
