@@ -72,7 +72,8 @@ def _env(azurite: Azurite, state: Path, slots: int) -> dict[str, str]:
     return {
         "AzureWebJobsStorage": azurite.connection_string, "TASKHUB_NAME": f"bench{suffix}",
         "CALLBACK_SIGNING_KEY": "bench-key", "POOL_BACKEND": "local", "POOL_VMS": "vm01",
-        "POOL_MAX_RUNNING": "1", "VM_SLOTS": str(slots), "IDLE_COOLDOWN_SECONDS": "3600",
+        "POOL_MAX_RUNNING": "1", "POOL_MIN_RUNNING": "1", "VM_SLOTS": str(slots),
+        "IDLE_COOLDOWN_SECONDS": "3600",
         "BOOT_TIMEOUT_SECONDS": "60", "SCALER_SCHEDULE": "*/5 * * * * *",
         "COLLECT_SCHEDULE": "0 0 0 1 1 *", "JOB_TIMEOUT_SECONDS": "300",
         "LOCAL_STATE_DIR": str(state / "pool"), "LOCAL_AGENT_COMMAND": f"{sys.executable} -m agent",

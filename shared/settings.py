@@ -158,6 +158,7 @@ class Settings:
     pool_backend: str = _setting("POOL_BACKEND", _choice("local", "azure", "external"), "local")
     pool_vms: str = _setting("POOL_VMS", parse_text, "vm01..vm03")
     pool_max_running: int = _setting("POOL_MAX_RUNNING", _int_range(0, 1000), "10")
+    pool_min_running: int = _setting("POOL_MIN_RUNNING", _int_range(0, 1000), "0")
     vm_slots: int = _setting("VM_SLOTS", _int_range(1, 256), "1")
     boot_timeout_seconds: int = _setting("BOOT_TIMEOUT_SECONDS", _int_range(10, 7200), "600")
     idle_cooldown_seconds: int = _setting("IDLE_COOLDOWN_SECONDS", _int_range(0, 86400), "120")
@@ -219,6 +220,9 @@ class Settings:
                 values[f.name] = meta["parse"](raw)
             except ValueError as exc:
                 raise SettingError(meta["env"], str(exc)) from None
+        if values["pool_min_running"] > values["pool_max_running"]:
+            raise SettingError("POOL_MIN_RUNNING", f"must not exceed POOL_MAX_RUNNING "
+                               f"({values['pool_max_running']}), got {values['pool_min_running']}")
         return cls(**values)
 
     def describe(self) -> dict[str, str]:

@@ -54,6 +54,12 @@ def test_malformed_setting_names_it(name: str, value: str, fragment: str) -> Non
     assert fragment in str(err.value)
 
 
+def test_min_running_cannot_exceed_max_running() -> None:
+    with pytest.raises(SettingError) as err:
+        Settings.from_env({**BASE, "POOL_MAX_RUNNING": "2", "POOL_MIN_RUNNING": "3"})
+    assert err.value.name == "POOL_MIN_RUNNING" and "POOL_MAX_RUNNING" in str(err.value)
+
+
 def test_secrets_are_masked_in_describe() -> None:
     described = Settings.from_env({"CALLBACK_SIGNING_KEY": "s3cret"}).describe()
     assert described["CALLBACK_SIGNING_KEY"] == "***"

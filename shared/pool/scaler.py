@@ -133,7 +133,8 @@ class Scaler:
         backend = backend or make_backend(settings, registry=registry, **backend_options)
         config = policy.PolicyConfig(max_running=settings.pool_max_running,
                                      idle_cooldown_s=float(settings.idle_cooldown_seconds),
-                                     boot_timeout_s=float(settings.boot_timeout_seconds))
+                                     boot_timeout_s=float(settings.boot_timeout_seconds),
+                                     min_running=settings.pool_min_running)
         return cls(registry, backend, connection.queue(settings.work_queue), claims, config,
                    min_reconcile_interval_s=10.0)
 
