@@ -5,11 +5,12 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
 from cronsim import CronSim
 
 from shared.naming import BlobNameError, check_blob_name, run_instance_id
 from shared.orchestrations import file_job_input
-from shared.pipeline import BlobMissing, describe_blob
+from shared.pipeline import FileRef
 from shared.services import Services
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,16 @@ def file_start_for_blob(services: Services, container: str, name: str
     it carries `run_id` (its run owns it), it is gone, or its name is hostile."""
     try:
         check_blob_name(name)
-        ref = describe_blob(services, container, name)
-    except (BlobNameError, BlobMissing) as exc:
+        props = services.blobs.get_blob_client(container, name).get_blob_properties()
+    except BlobNameError as exc:
         log.warning("blob %r/%r ignored: %s", container, name[:200], exc)
         return None
-    props = services.blobs.get_blob_client(container, name).get_blob_properties()
+    except ResourceNotFoundError:
+        log.info("blob %s/%s is gone; nothing to start", container, name[:200])
+        return None
     if (props.metadata or {}).get("run_id"):
         return None
+    ref = FileRef(container, name, props.etag.strip('"'), props.size)
     return ref.instance_id, file_job_input(services.settings, container, name, ref.instance_id)
 
 

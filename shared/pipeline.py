@@ -96,22 +96,27 @@ def finish_job(services: Services, outcome: dict[str, Any]) -> dict[str, Any]:
     """Record the job's result, then archive or delete the original (or move it to failed/)."""
     s = services.settings
     status = SUCCEEDED if outcome["status"] == SUCCEEDED else FAILED
-    job = services.jobs.record_finished(
-        outcome["jobId"], status, vm=outcome.get("vm") or "",
-        bytes_in=int(outcome.get("bytesIn") or 0), bytes_out=int(outcome.get("bytesOut") or 0),
-        output=outcome.get("output") or "", error=outcome.get("error") or "")
+    job = services.jobs.get(outcome["jobId"])
+    if job.status in (SUCCEEDED, FAILED):
+        status = job.status  # a repeat of this step: the recorded outcome stands
     container, name = job.container, job.blob
     source = services.blobs.get_blob_client(container, name)
+    # Move the original first: the row says finished only once nothing is left to do.
     if status == FAILED:
         _copy_then_delete(services, source, s.failed_container, name)
         services.blobs.get_blob_client(s.failed_container, failed_error_name(name)).upload_blob(
-            json.dumps({"jobId": job.job_id, "error": job.error, "attempts": job.attempts,
+            json.dumps({"jobId": job.job_id, "error": outcome.get("error") or job.error,
+                        "attempts": job.attempts,
                         "at": datetime.now(timezone.utc).isoformat()}).encode(),
             overwrite=True)
     elif s.keep_originals:
         _copy_then_delete(services, source, s.archive_container, name)
     else:
         _delete_if_exists(source)
+    job = services.jobs.record_finished(
+        outcome["jobId"], status, vm=outcome.get("vm") or "",
+        bytes_in=int(outcome.get("bytesIn") or 0), bytes_out=int(outcome.get("bytesOut") or 0),
+        output=outcome.get("output") or "", error=outcome.get("error") or "")
     services.log.write(f"job.{status}", f"{container}/{name} {status}", job_id=job.job_id,
                        vm=job.vm, run_id=job.run_id,
                        data={"bytesIn": job.bytes_in, "bytesOut": job.bytes_out,

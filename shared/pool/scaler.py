@@ -140,9 +140,21 @@ class Scaler:
 
     # --- looking -----------------------------------------------------------------------------
 
+    PEEK_LIMIT = 32  # the most messages one peek returns
+
     def queued(self) -> int:
+        """Work items waiting for an agent.
+
+        The queue's approximate count also holds the messages agents are working on (they are
+        only invisible), which would make the policy start VMs for work already in hand. A peek
+        sees visible messages only, so a small backlog is counted exactly; a large one is
+        approximate either way.
+        """
         props = self.queue.get_queue_properties()
-        return int(props.approximate_message_count or 0)
+        count = int(props.approximate_message_count or 0)
+        if count > self.PEEK_LIMIT:
+            return count
+        return len(self.queue.peek_messages(max_messages=self.PEEK_LIMIT))
 
     def view(self, rec: VmRecord) -> policy.VmView:
         busy = min(rec.busy, rec.slots)

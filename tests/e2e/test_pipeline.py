@@ -80,11 +80,13 @@ def test_twenty_files_each_processed_once_then_pool_stops(start_app, tmp_path) -
 
 
 def test_one_file_starts_one_vm(start_app) -> None:
-    app = start_app()
+    # a generous boot timeout: under load a slow boot must not count as a VM that never came up
+    app = start_app(BOOT_TIMEOUT_SECONDS="120")
     app.upload("single.json", b'{"one": 1}')
     app.wait_for("the job", lambda: [j for j in app.jobs() if j["status"] == "succeeded"])
     app.wait_for("the VM deallocated", lambda: _all_deallocated(app), timeout=60)
-    assert len(_started_vms(app)) == 1
+    scaled = [(e["at"], e["message"]) for e in app.services.log.day(kind="pool.scaled")]
+    assert len(_started_vms(app)) == 1, scaled
 
 
 def test_run_summary_adds_up(start_app) -> None:
