@@ -6,6 +6,8 @@ import signal
 import time
 from pathlib import Path
 
+import requests
+
 from shared.pool.registry import VmState
 
 
@@ -176,3 +178,22 @@ def test_failing_action_is_retried_then_moved_to_failed(start_app) -> None:
     assert jobs[0]["attempts"] == 2 and "refusing input" in jobs[0]["error"]
     failed = app.blob_names(app.services.settings.failed_container)
     assert failed == ["bad.json", "bad.json.error.json"]
+
+
+def test_event_grid_source_starts_the_job_as_in_azure(start_app) -> None:
+    """With BLOB_TRIGGER_SOURCE=EventGrid nothing polls: the BlobCreated event starts the job."""
+    app = start_app(BLOB_TRIGGER_SOURCE="EventGrid")
+    container = app.services.settings.data_container
+    app.upload("eg.json", b'{"via": "event grid"}')
+    time.sleep(2)
+    assert app.jobs() == []  # no polling source in this mode
+    url = app.services.blobs.get_blob_client(container, "eg.json").url
+    event = {"id": "1", "eventType": "Microsoft.Storage.BlobCreated",
+             "subject": f"/blobServices/default/containers/{container}/blobs/eg.json",
+             "data": {"api": "PutBlob", "url": url}}
+    response = requests.post(f"{app.base}/runtime/webhooks/blobs",
+                             params={"functionName": "Host.Functions.data_blob_trigger",
+                                     "code": "e2e-master-key"}, json=[event], timeout=10)
+    assert response.status_code == 202, response.text
+    jobs = app.wait_for("the job", lambda: [j for j in app.jobs() if j["status"] == "succeeded"])
+    assert jobs[0]["blob"] == f"{container}/eg.json"
