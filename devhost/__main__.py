@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--port", type=int, default=None,
                        help="HTTP port (default: Host.LocalHttpPort or 7071)")
     start.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    start.add_argument("--enable-auth", "--enableAuth", dest="enable_auth", action="store_true",
+                       default=None, help="check keys as Azure does (default: like func"
+                       " start, no key checks; setting DEVHOST_ENABLE_AUTH=true does the same)")
     start.add_argument("--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             if not str(raw_port).isdigit() or not 0 < int(raw_port) < 65536:
                 raise ConfigError(f"local.settings.json Host.LocalHttpPort: bad port {raw_port!r}")
             port = int(raw_port)
-        asyncio.run(_serve(DevHost(root, port=port, host=args.host)))
+        asyncio.run(_serve(DevHost(root, port=port, host=args.host, enable_auth=args.enable_auth)))
     except DevHostError as exc:
         print(f"devhost: error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -7,7 +7,6 @@ run on a separate I/O pool so busy functions never starve the trigger listeners.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import os
@@ -27,6 +26,8 @@ from azure.functions.timer import TimerRequestConverter
 
 from devhost.blobs import BlobPoller, BlobTrigger, EventGridWebhook, is_event_grid
 from devhost.config import HostConfig, load_host_config, read_local_settings
+from devhost.durable.engine import DurableEngine
+from devhost.durable.http_api import DurableHttpApi
 from devhost.errors import BindingError, ConfigError, DevHostError, InvocationError
 from devhost.http_front import MAX_BODY_BYTES, HttpFront, error_response
 from devhost.invoker import Invoker, base_type, blob_argument
@@ -43,6 +44,7 @@ BLOB_POLL_SETTING = "DEVHOST_BLOB_POLL_SECONDS"
 QUEUE_POLL_SETTING = "DEVHOST_QUEUE_MAX_POLL_SECONDS"
 HOST_ID_SETTING = "AzureFunctionsWebHost__hostid"
 BODY_LIMIT_SETTING = "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"
+RPC_PATH = "/durabletask"
 SUPPORTED_BINDINGS = frozenset({"blob", "queue", "table", "http", "durableClient"})
 STORAGELESS_TRIGGERS = frozenset({"httpTrigger", "orchestrationTrigger", "activityTrigger",
                                   "entityTrigger"})
@@ -97,17 +99,6 @@ async def close_durable_client_session() -> None:
             log.debug("closing the durable client session failed: %s", exc)
 
 
-def durable_engine_class() -> Any:
-    """`devhost.durable.engine.DurableEngine`, or None while that module does not exist."""
-    try:
-        module = importlib.import_module("devhost.durable.engine")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("devhost.durable", "devhost.durable.engine"):
-            return None
-        raise
-    return getattr(module, "DurableEngine", None)
-
-
 class DevHost:
     """A local Functions host for `script_root`, serving on `host:port` (0 = any free port).
 
@@ -116,16 +107,19 @@ class DevHost:
     """
 
     def __init__(self, script_root: str | Path, port: int = 7071, env: Mapping[str, str] | None
-                 = None, host: str = "127.0.0.1") -> None:
+                 = None, host: str = "127.0.0.1", enable_auth: bool | None = None) -> None:
         self.script_root = Path(script_root).resolve()
         self.port = port
         self.bind_host = host
         self.env = dict(env or {})
+        self.enable_auth = enable_auth  # None: setting DEVHOST_ENABLE_AUTH decides
         self.config = HostConfig()
         self.keys: HostKeys | None = None
         self.host_id = ""
         self.loaded: LoadedApp | None = None
-        self.engine: Any = None
+        self.engine: DurableEngine | None = None
+        self.durable_api: DurableHttpApi | None = None
+        self._rpc_runner: web.AppRunner | None = None
         self.front: HttpFront | None = None
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -183,7 +177,7 @@ class DevHost:
         self.host_id = host_id_for(self.script_root, settings)
         blob_poll = _float_setting(settings, BLOB_POLL_SETTING, 10.0)
         queue_poll = _float_setting(settings, QUEUE_POLL_SETTING, None)
-        self.keys = HostKeys.from_settings(settings)
+        self.keys = HostKeys.from_settings(settings, self.enable_auth)
         self._added_path = str(self.script_root) not in sys.path
         self.loaded = load_app(self.script_root, settings)
         for spec in self.loaded.specs:
@@ -256,12 +250,9 @@ class DevHost:
 
     async def _start_durable(self, loop: asyncio.AbstractEventLoop,
                              settings: Mapping[str, str]) -> None:
-        assert self.loaded is not None and self.invoker is not None
-        engine_class = durable_engine_class()
-        if engine_class is None:
-            log.warning("durable functions found but devhost/durable/engine.py is missing:"
-                        " orchestrations, activities and durable clients will not run")
-            return
+        """Start the durable engine, its HTTP API and the loopback RPC listener the durable
+        SDK calls (the extension's `LocalHttpListener`: no keys, 127.0.0.1 only)."""
+        assert self.loaded is not None and self.invoker is not None and self.keys is not None
         try:
             conn = StorageConnection.from_env(self.config.durable_connection, settings)
         except StorageConfigError as exc:
@@ -269,17 +260,42 @@ class DevHost:
         if not conn.connection_string:
             raise ConfigError(f"setting {self.config.durable_connection}: the durable engine"
                               " needs a storage connection string")
-        self.engine = engine_class(functions=self.loaded.functions,
-                                   connection_string=conn.connection_string,
-                                   hub_name=self.config.hub_name, base_url=self.base_url,
-                                   loop=loop, executor=self._executor)
+        self.engine = DurableEngine(functions=self.loaded.functions,
+                                    connection_string=conn.connection_string,
+                                    hub_name=self.config.hub_name, loop=loop,
+                                    executor=self._executor)
         await self.engine.start()
-        self.invoker.durable_client_json = self.engine.client_binding_json
+        rpc_sock = bind_socket("127.0.0.1", 0)
+        rpc_url = f"http://127.0.0.1:{rpc_sock.getsockname()[1]}{RPC_PATH}/"
+        self.durable_api = DurableHttpApi(
+            self.engine, self.base_url, rpc_base_url=rpc_url,
+            system_key=self.keys.durable_extension if self.keys.enforce else None)
+        rpc_app = web.Application(client_max_size=self.front.max_body_bytes if self.front
+                                  else MAX_BODY_BYTES)
+        rpc_app.router.add_route("*", RPC_PATH + "{tail:(/.*)?}", self._durable_rpc)
+        self._rpc_runner = web.AppRunner(rpc_app, access_log=None, handle_signals=False)
+        try:
+            await self._rpc_runner.setup()
+            await web.SockSite(self._rpc_runner, rpc_sock).start()
+        except BaseException:
+            rpc_sock.close()
+            raise
+        self.invoker.durable_client_json = self.durable_api.client_binding_json
+
+    async def _durable_rpc(self, request: web.Request) -> web.StreamResponse:
+        assert self.durable_api is not None
+        return await self.durable_api.handle(request, RPC_PATH)
 
     async def _durable_http(self, request: web.Request) -> web.StreamResponse:
-        if self.engine is None:
+        """`/runtime/webhooks/durabletask/...`: the extension's system key or the master key
+        when keys are enforced (`HostController.ExtensionWebHookHandler`)."""
+        assert self.keys is not None
+        if not self.keys.allows_extension(
+                "durabletask", HostKeys.presented(request.query, request.headers)):
+            return web.Response(status=401)
+        if self.durable_api is None:
             return error_response(503, "ServiceUnavailable", "the durable engine is not running")
-        return await self.engine.handle_http(request)
+        return await self.durable_api.handle(request)
 
     # --- running ----------------------------------------------------------------------------
 
@@ -362,11 +378,13 @@ class DevHost:
             else:
                 lines.append(f"        {spec.name}: {spec.trigger_type}")
             lines.append("")
-        if self.keys is not None and self.keys.generated:
+        if self.keys is not None and not self.keys.enforce:
+            lines.append("Keys are not checked (like func start); --enable-auth or"
+                         " DEVHOST_ENABLE_AUTH=true checks them as Azure does.")
+            lines.append("")
+        elif self.keys is not None and self.keys.generated:
             lines.append("Generated keys (set them in local.settings.json to keep them):")
-            named = {"DEVHOST_MASTER_KEY": self.keys.master,
-                     "DEVHOST_FUNCTION_KEY": self.keys.function,
-                     "DEVHOST_BLOBS_EXTENSION_KEY": self.keys.blobs_extension}
+            named = self.keys.setting_values()
             for name in self.keys.generated:
                 lines.append(f"        {name}={named[name]}")
             lines.append("")
@@ -393,6 +411,10 @@ class DevHost:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._rpc_runner is not None:
+            await self._rpc_runner.cleanup()
+            self._rpc_runner = None
+        self.durable_api = None
         if self.engine is not None:
             try:
                 await self.engine.stop()

@@ -32,13 +32,15 @@ def free_port() -> int:
 
 
 class DevHostProcess:
-    """`python -m devhost start` for `script_root` on `port` (a free one by default)."""
+    """`python -m devhost start` for `script_root` on `port` (a free one by default);
+    `enable_auth` adds `--enable-auth` (keys checked as on Azure)."""
 
     def __init__(self, script_root: str | Path, env: Mapping[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, enable_auth: bool = False) -> None:
         self.script_root = Path(script_root).resolve()
         self.port = port or free_port()
         self.env = dict(env or {})
+        self.enable_auth = enable_auth
         self.process: subprocess.Popen[bytes] | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="devhost-", suffix=".log", delete=False)  # noqa: SIM115
         self.returncode: int | None = None
@@ -58,7 +60,7 @@ class DevHostProcess:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "devhost", "start", "--script-root", str(self.script_root),
-             "--port", str(self.port)],
+             "--port", str(self.port), *(["--enable-auth"] if self.enable_auth else [])],
             cwd=PROJECT_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

@@ -35,12 +35,14 @@ def load_local_settings() -> dict[str, str]:
 
 
 def local_env(port: int) -> dict[str, str]:
-    """Settings for the host and its agents: fixed keys for this run, local pool folders."""
+    """Settings for the host and its agents: fixed keys for this run (enforced), local pool
+    folders."""
     function_key = os.environ.get("DEVHOST_FUNCTION_KEY") or secrets.token_urlsafe(24)
     env = {**load_local_settings(), **os.environ}
     env.update({
         "DEVHOST_FUNCTION_KEY": function_key,
         "DEVHOST_MASTER_KEY": os.environ.get("DEVHOST_MASTER_KEY") or secrets.token_urlsafe(24),
+        "DEVHOST_ENABLE_AUTH": "true",  # `make run` checks keys as Azure does
         "LOCAL_AGENT_FUNCTION_KEY": function_key,
         "LOCAL_AGENT_API_BASE_URL": f"http://127.0.0.1:{port}",
         "LOCAL_STATE_DIR": env.get("LOCAL_STATE_DIR") or str(PROJECT_ROOT / ".local-pool"),

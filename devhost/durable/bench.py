@@ -70,7 +70,7 @@ def main() -> None:
         engine = DurableEngine(functions=bench_functions(),
                                connection_string=azurite.connection_string,
                                hub_name=f"Bench{uuid.uuid4().hex[:8]}",
-                               base_url="http://127.0.0.1:7071", loop=lt.loop,
+                               loop=lt.loop,
                                executor=executor)
         lt.run(engine.start())
         print(f"fan-out/fan-in of {args.activities} activities")

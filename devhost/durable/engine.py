@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from aiohttp import web
-
 from devhost.durable import history as h
 from devhost.durable import planner
 from devhost.durable.entities import EntityHost, entity_id
@@ -77,7 +75,7 @@ class DurableEngine:
     max_concurrent_activities = 200
 
     def __init__(self, *, functions: Iterable[Any], connection_string: str, hub_name: str,
-                 base_url: str, loop: asyncio.AbstractEventLoop,
+                 loop: asyncio.AbstractEventLoop,
                  executor: concurrent.futures.ThreadPoolExecutor,
                  default_version: str | None = None) -> None:
         functions = list(functions)
@@ -85,7 +83,6 @@ class DurableEngine:
         self._executor = executor
         self._store = DurableStore(connection_string, hub_name)
         self.hub_name = self._store.hub
-        self.base_url = base_url.rstrip("/")
         self.default_version = (default_version if default_version is not None
                                 else discover_default_version(functions)) or ""
         self._orchestrators: dict[str, Callable[[Any], str]] = {}
@@ -109,7 +106,6 @@ class DurableEngine:
         self._activity_tasks: set[asyncio.Task] = set()
         self._tasks: set[asyncio.Task] = set()
         self._running = False
-        self._http: Any = None
         #: Counters for benchmarks and logs: replays run and seconds spent in them.
         self.stats = {"replays": 0, "replay_seconds": 0.0, "replay_cpu_seconds": 0.0}
 
@@ -146,20 +142,6 @@ class DurableEngine:
             self._replayer.shutdown(wait=True)
             self._replayer = None
         await self._store.close()
-
-    def client_binding_json(self) -> str:
-        """The value of a `durableClient` binding, as the Durable extension builds it."""
-        from devhost.durable.http_api import client_binding  # noqa: PLC0415 - import cycle
-
-        return json.dumps(client_binding(self.hub_name, self.base_url))
-
-    async def handle_http(self, request: web.Request) -> web.Response:
-        """Serve one request under /runtime/webhooks/durabletask/ (see http_api.py)."""
-        from devhost.durable.http_api import DurableHttpApi  # noqa: PLC0415 - import cycle
-
-        if self._http is None:
-            self._http = DurableHttpApi(self)
-        return await self._http.handle(request)
 
     # --- operations behind the client API ---------------------------------------------------
 

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from aiohttp import web
 
@@ -37,10 +37,18 @@ _STATUS_NAMES = {name.lower(): name for name in (
 _TERMINAL = {"Completed", "Failed", "Terminated", "Canceled"}
 
 
-def client_binding(hub: str, base_url: str) -> dict[str, Any]:
-    """The `durableClient` binding value: URLs the SDK and callers use to reach this API."""
+def client_binding(hub: str, base_url: str, rpc_base_url: str | None = None,
+                   system_key: str | None = None) -> dict[str, Any]:
+    """The `durableClient` binding value: URLs the SDK and callers use to reach this API.
+
+    As the Durable extension builds it (`HttpApiHandler.GetInstanceCreationLinks`,
+    `GetClientResponseLinks`, `GetUniversalQueryStrings`): the public URLs carry
+    `taskHub`, `connection` and, when keys are enforced, the extension's system key as
+    `code=`; the SDK itself calls `rpcBaseUrl`, the host's loopback-only listener
+    (`LocalHttpListener.cs`, `http://127.0.0.1:17071/durabletask/` on the real host).
+    """
     webhooks = f"{base_url.rstrip('/')}{PREFIX}"
-    query = f"taskHub={hub}&connection=Storage"
+    query = required_query(hub, system_key)
     return {
         "taskHubName": hub,
         "creationUrls": {
@@ -53,11 +61,17 @@ def client_binding(hub: str, base_url: str) -> dict[str, Any]:
         "managementUrls": management_urls(webhooks, INSTANCE_PLACEHOLDER, query),
         "baseUrl": webhooks,
         "requiredQueryStringParameters": query,
-        "rpcBaseUrl": f"{webhooks}/",
+        "rpcBaseUrl": rpc_base_url or f"{webhooks}/",
         "httpBaseUrl": "",
         "maxGrpcMessageSizeInBytes": 0,
         "grpcHttpClientTimeout": "00:01:40",
     }
+
+
+def required_query(hub: str, system_key: str | None) -> str:
+    """`taskHub=..&connection=Storage[&code=KEY]`, the query every management URL carries."""
+    query = f"taskHub={quote(hub, safe='')}&connection=Storage"
+    return f"{query}&code={quote(system_key, safe='')}" if system_key else query
 
 
 def management_urls(webhooks: str, instance_id: str, query: str) -> dict[str, str]:
@@ -96,12 +110,22 @@ class DurableHttpApi:
 
     max_body_bytes = 4 * 1024 * 1024
 
-    def __init__(self, engine: DurableEngine) -> None:
+    def __init__(self, engine: DurableEngine, base_url: str, rpc_base_url: str | None = None,
+                 system_key: str | None = None) -> None:
         self.engine = engine
+        self.base_url = base_url.rstrip("/")
+        self.rpc_base_url = rpc_base_url
+        self.system_key = system_key
 
-    async def handle(self, request: web.Request) -> web.Response:
+    def client_binding_json(self) -> str:
+        """The value of a `durableClient` binding, as the Durable extension builds it."""
+        return json.dumps(client_binding(self.engine.hub_name, self.base_url,
+                                         self.rpc_base_url, self.system_key))
+
+    async def handle(self, request: web.Request, base_path: str = PREFIX) -> web.Response:
+        """Serve one request under `base_path` (the public webhook path, or the RPC one)."""
         try:
-            return await self._route(request)
+            return await self._route(request, base_path)
         except DurableError as exc:
             return _error(exc.status, str(exc), type(exc).__name__)
         except Exception:  # noqa: BLE001 - the caller gets a 500 and the log the details
@@ -110,11 +134,12 @@ class DurableHttpApi:
 
     # --- routing ----------------------------------------------------------------------------
 
-    async def _route(self, request: web.Request) -> web.Response:
+    async def _route(self, request: web.Request, base_path: str) -> web.Response:
         raw = request.rel_url.raw_path
-        if not raw.lower().startswith(PREFIX.lower()):
+        base_path = base_path.rstrip("/")
+        if not raw.lower().startswith(base_path.lower()):
             raise InvalidRequestError(f"{request.path} is not a durable task path")
-        rest = raw[len(PREFIX):].strip("/")
+        rest = raw[len(base_path):].strip("/")
         parts = [unquote(part) for part in rest.split("/")] if rest else []
         hub = request.query.get("taskHub")
         if hub and hub.lower() != self.engine.hub_name.lower():
@@ -256,9 +281,11 @@ class DurableHttpApi:
     # --- helpers ----------------------------------------------------------------------------
 
     def _links(self, request: web.Request, instance_id: str) -> dict[str, str]:
-        webhooks = f"{request.scheme}://{request.host}{PREFIX}"
-        query = f"taskHub={self.engine.hub_name}&connection=Storage"
-        return management_urls(webhooks, instance_id, query)
+        """Management URLs for an instance, on the public webhook path with its query."""
+        webhooks = f"{self.base_url}{PREFIX}"
+        query = required_query(self.engine.hub_name, self.system_key)
+        return management_urls(webhooks, quote(instance_id, safe=""), query) | {
+            "id": instance_id}
 
     async def _input(self, request: web.Request) -> str | None:
         """The request body as the JSON text of an input or event payload.

@@ -22,7 +22,7 @@ from azure.durable_functions import DurableOrchestrationClient
 from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrchestrationStatus
 
 from devhost.durable.engine import DurableEngine
-from devhost.durable.http_api import PREFIX
+from devhost.durable.http_api import PREFIX, DurableHttpApi
 
 T = TypeVar("T")
 _loop_lock = threading.Lock()
@@ -79,8 +79,9 @@ class EngineServer:
         self.functions = load_functions(app_file)
         self.engine = DurableEngine(
             functions=self.functions, connection_string=connection_string,
-            hub_name=hub_name, base_url=self.base_url, loop=self.lt.loop, executor=executor,
+            hub_name=hub_name, loop=self.lt.loop, executor=executor,
             default_version=default_version)
+        self.api = DurableHttpApi(self.engine, self.base_url)
         self._runner: web.AppRunner | None = None
 
     def start(self) -> EngineServer:
@@ -89,7 +90,7 @@ class EngineServer:
 
     async def _start(self) -> None:
         app = web.Application()
-        app.router.add_route("*", PREFIX + "{tail:.*}", self.engine.handle_http)
+        app.router.add_route("*", PREFIX + "{tail:.*}", self.api.handle)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -112,7 +113,7 @@ class SyncClient:
 
     def __init__(self, server: EngineServer) -> None:
         self.server = server
-        self.sdk = DurableOrchestrationClient(server.engine.client_binding_json())
+        self.sdk = DurableOrchestrationClient(server.api.client_binding_json())
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.sdk, name)

@@ -29,9 +29,11 @@ def suffix() -> str:
 
 @pytest.fixture()
 def host_env(azurite: Azurite, suffix: str) -> dict[str, str]:
-    """Settings for one host: Azurite, fixed keys, a host id of its own, short poll intervals."""
+    """Settings for one host: Azurite, fixed keys (enforced, as on Azure), a host id of its
+    own, short poll intervals."""
     return {
         "AzureWebJobsStorage": azurite.connection_string,
+        "DEVHOST_ENABLE_AUTH": "true",
         "DEVHOST_MASTER_KEY": MASTER_KEY,
         "DEVHOST_FUNCTION_KEY": FUNCTION_KEY,
         "DEVHOST_BLOBS_EXTENSION_KEY": "test-blobs-key",

@@ -63,13 +63,22 @@ def test_http_return_values() -> None:
 
 
 def test_keys_and_levels() -> None:
-    keys = HostKeys.from_settings({"DEVHOST_MASTER_KEY": "m", "DEVHOST_FUNCTION_KEY": "f"})
-    assert keys.generated == ("DEVHOST_BLOBS_EXTENSION_KEY",)
+    keys = HostKeys.from_settings({"DEVHOST_MASTER_KEY": "m", "DEVHOST_FUNCTION_KEY": "f",
+                                   "DEVHOST_ENABLE_AUTH": "true"})
+    assert keys.enforce
+    assert keys.generated == ("DEVHOST_BLOBS_EXTENSION_KEY", "DEVHOST_DURABLETASK_EXTENSION_KEY")
     assert keys.allows("anonymous", None)
     assert keys.allows("function", "f") and keys.allows("function", "m")
     assert not keys.allows("function", "x") and not keys.allows("function", None)
     assert keys.allows("admin", "m") and not keys.allows("admin", "f")
     assert not keys.allows("function", "ünïcode")
     assert HostKeys.presented({"code": "q"}, {"x-functions-key": "h"}) == "h"
+    assert keys.allows_extension("durabletask", keys.durable_extension)
+    assert keys.allows_extension("durabletask", "m")
+    assert not keys.allows_extension("durabletask", "f")
+    assert not keys.allows_extension("durabletask", keys.blobs_extension)
     other = HostKeys.from_settings({})
-    assert len(other.generated) == 3 and other.master != other.function
+    assert len(other.generated) == 4 and other.master != other.function
+    # like `func start`: no key checks unless enforcement is switched on
+    assert not other.enforce and other.allows("admin", None)
+    assert other.allows_extension("durabletask", None)

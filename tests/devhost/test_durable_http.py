@@ -53,7 +53,7 @@ def start_via_http_starter(server: EngineServer, name: str, body: object) -> fun
                                body=json.dumps(body).encode(), route_params={"name": name},
                                headers={"Content-Type": "application/json"})
     return server.lt.run(starter.get_user_function()(
-        req=request, client=server.engine.client_binding_json()))
+        req=request, client=server.api.client_binding_json()))
 
 
 def poll(url: str, timeout: float = 30.0) -> requests.Response:
@@ -66,7 +66,7 @@ def poll(url: str, timeout: float = 30.0) -> requests.Response:
 
 
 def test_client_binding_json_has_what_the_sdk_reads(server: EngineServer) -> None:
-    binding = json.loads(server.engine.client_binding_json())
+    binding = json.loads(server.api.client_binding_json())
     assert binding["taskHubName"] == server.engine.hub_name
     assert binding["rpcBaseUrl"] == api(server, "")
     assert binding["baseUrl"] == api(server, "").rstrip("/")
@@ -248,7 +248,7 @@ def test_restart_starts_the_same_orchestration_again(client: SyncClient) -> None
 def test_hub_name_is_validated(azurite) -> None:
     with pytest.raises(HubNameError, match="task hub name"):
         DurableEngine(functions=[], connection_string=azurite.connection_string,
-                      hub_name="bad-hub!", base_url="http://127.0.0.1:1",
+                      hub_name="bad-hub!",
                       loop=shared_loop().loop, executor=EXECUTOR)
 
 

@@ -93,6 +93,7 @@ def app_env(azurite: Azurite, tmp_path: Path, **overrides: str) -> dict[str, str
         "LOCAL_AGENT_COMMAND": f"{sys.executable} {HERE / 'agent_launcher.py'}",
         "LOCAL_AGENT_FUNCTION_KEY": FUNCTION_KEY,
         "DEVHOST_FUNCTION_KEY": FUNCTION_KEY, "DEVHOST_MASTER_KEY": MASTER_KEY,
+        "DEVHOST_ENABLE_AUTH": "true",  # keys checked as on Azure, so 401s are tested
         "DEVHOST_BLOB_POLL_SECONDS": "0.5",
         "AGENT_ACTIONS": json.dumps({
             name: [sys.executable, str(HERE / "step_action.py"), name, "{input}", "{output}"]
