@@ -11,13 +11,22 @@ AZURITE_DIR := .azurite
 
 .PHONY: install run test lint bench clean azurite
 
-install: $(VENV)/.installed node_modules/.installed
+CHROMIUM := /usr/bin/chromium
+
+install: $(VENV)/.installed node_modules/.installed $(CHROMIUM)
 
 $(VENV)/.installed: requirements.txt agent/requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt \
 		-r agent/requirements.txt -r requirements-dev.txt
 	touch $@
+
+# The dashboard's browser tests drive Debian's Chromium through Playwright (Playwright's own
+# browser download is not used). CI is root on Debian; elsewhere, install the package yourself.
+$(CHROMIUM):
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "install Debian's chromium package (sudo apt-get install chromium)" >&2; exit 1; fi
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error

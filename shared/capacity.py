@@ -8,6 +8,8 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
+
 from shared.pool.scaler import Scaler, sync_members
 from shared.services import Services
 
@@ -60,6 +62,15 @@ def request_capacity(services: Services, reason: str) -> dict[str, Any]:
     return out
 
 
+def poison_count(services: Services) -> int:
+    """Messages in `<work queue>-poison`: work no agent could ever handle, for an operator."""
+    poison = services.connection.queue(services.settings.queues()[1])
+    try:
+        return int(poison.get_queue_properties().approximate_message_count or 0)
+    except ResourceNotFoundError:
+        return 0
+
+
 def pool_status(services: Services) -> dict[str, Any]:
     """`GET /api/pool`: every VM with its state and load, and the backlog."""
     scaler = _scaler(services)
@@ -70,7 +81,8 @@ def pool_status(services: Services) -> dict[str, Any]:
                     "lastHeartbeat": rec.last_heartbeat.isoformat()
                     if rec.last_heartbeat else None,
                     "stateSince": rec.state_since.isoformat(), "privateIp": rec.private_ip or None,
-                    "publicIp": rec.public_ip or None, "reason": rec.reason or None})
+                    "publicIp": rec.public_ip or None, "reason": rec.reason or None,
+                    "bootSeconds": rec.boot_seconds or None})
     return {"backend": services.settings.pool_backend, "vms": vms, "queued": scaler.queued(),
-            "inFlight": len(services.claims.active()),
+            "inFlight": len(services.claims.active()), "poison": poison_count(services),
             "maxRunning": services.settings.pool_max_running}

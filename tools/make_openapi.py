@@ -126,6 +126,16 @@ def document() -> dict[str, Any]:
             "requestBody": _body(_obj({"idleSeconds": INT})),
             "responses": {"200": _resp("Noted", _obj({"vm": STR, "deallocate": BOOL})),
                           **_errors(400, 401, 403, 404, 413)}}},
+        "/api/dashboard": {"get": {
+            "operationId": "dashboard_http", "security": [],
+            "summary": "The operators' dashboard page (asks for the function key itself)",
+            "responses": {"200": {"description": "HTML page",
+                                  "content": {"text/html": {"schema": STR}}}}}},
+        "/api/dashboard/{asset}": {"get": {
+            "operationId": "dashboard_asset_http", "security": [],
+            "summary": "A static asset of the dashboard (script, style sheet)",
+            "parameters": [path_param("asset")],
+            "responses": {"200": {"description": "The asset"}, **_errors(404)}}},
         "/api/deployment/status": {"get": {
             "operationId": "deployment_status_http",
             "summary": "Pending and running orchestrations, for a deployment gate",

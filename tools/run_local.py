@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         host.start(timeout=120)
         console.print(host.output())
         console.print(f"Function key: {env['DEVHOST_FUNCTION_KEY']}  (x-functions-key header)")
+        console.print(f"Dashboard: {host.base_url}/api/dashboard  (it asks for the key above)")
         console.print("Ctrl-C stops the host, the local VMs and Azurite.")
         base, key = host.base_url, env["DEVHOST_FUNCTION_KEY"]
         if args.no_live or not sys.stdout.isatty():

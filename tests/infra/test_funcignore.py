@@ -6,7 +6,8 @@ import fnmatch
 from pathlib import Path
 
 KEEP = ["function_app.py", "host.json", "requirements.txt", "openapi.json", "blueprints/api.py",
-        "shared/settings.py", "shared/pool/__init__.py"]
+        "shared/settings.py", "shared/pool/__init__.py", "dashboard/index.html",
+        "dashboard/app.js", "dashboard/style.css"]
 DROP = ["tests/conftest.py", "node_modules/x/y.js", ".venv/bin/python", ".venv-worker/x",
         ".venv-infra/bin/checkov", ".azurite/x", "bench/policy.py", "docs/deployment.md",
         "infra/main.bicep", "agent/config.py", "tools/azurite.py", "scripts/postdeploy.sh",
@@ -48,7 +49,7 @@ def test_every_top_level_entry_is_decided(root: Path) -> None:
     """A new top-level folder must be either shipped on purpose or ignored."""
     patterns = _patterns(root)
     shipped = {"function_app.py", "host.json", "requirements.txt", "openapi.json", "blueprints",
-               "shared"}
+               "shared", "dashboard"}
     for entry in root.iterdir():
         name = entry.name + ("/x" if entry.is_dir() else "")
         if entry.name in shipped:
