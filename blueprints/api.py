@@ -11,7 +11,13 @@ from pathlib import Path
 import azure.durable_functions as df
 import azure.functions as func
 
-from blueprints.http_util import api_errors, instance_status, json_body, json_response
+from blueprints.http_util import (
+    api_errors,
+    instance_status,
+    json_body,
+    json_response,
+    keyed_response,
+)
 from shared import callback
 from shared.api import (
     ApiError,
@@ -23,11 +29,13 @@ from shared.api import (
 )
 from shared.capacity import request_capacity
 from shared.deployment import deployment_status
+from shared.idempotency import derived_id, run_idempotent
 from shared.jobs import STATUSES, JobNotFound
 from shared.naming import BlobNameError, check_blob_name
 from shared.orchestrations import file_job_input
-from shared.pipeline import BlobMissing, describe_blob, get_run
-from shared.services import get_services
+from shared.paging import decode_token, list_answer
+from shared.pipeline import RUN_STATUSES, BlobMissing, describe_blob, get_run, list_runs
+from shared.services import Services, get_services
 
 bp = df.Blueprint()
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
@@ -45,8 +53,16 @@ async def submit_job_http(req: func.HttpRequest,
                           client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """Start a job for a blob in the data container, uploading it first when content is given."""
     services = get_services()
-    s = services.settings
     data = _body(req)
+    status, answer, replayed = await run_idempotent(
+        services.idempotency, "jobs", dict(req.headers), data,
+        lambda key: _submit_job(services, client, data))
+    return keyed_response(answer, status, replayed)
+
+
+async def _submit_job(services: Services, client: df.DurableOrchestrationClient,
+                      data: dict) -> tuple[int, dict]:
+    s = services.settings
     name = field(data, "blob", str)
     try:
         check_blob_name(name)
@@ -74,9 +90,8 @@ async def submit_job_http(req: func.HttpRequest,
     if existing is None:
         await client.start_new("process_file", ref.instance_id,
                                file_job_input(s, s.data_container, name, ref.instance_id))
-    return json_response({"jobId": ref.instance_id, "blob": f"{s.data_container}/{name}",
-                          "created": existing is None,
-                          "statusUrl": f"/api/jobs/{ref.instance_id}"}, 202)
+    return 202, {"jobId": ref.instance_id, "blob": f"{s.data_container}/{name}",
+                 "created": existing is None, "statusUrl": f"/api/jobs/{ref.instance_id}"}
 
 
 @bp.route(route="jobs/{job_id}", methods=["GET"])
@@ -100,8 +115,9 @@ async def list_jobs_http(req: func.HttpRequest) -> func.HttpResponse:
         raise bad_request(f"query parameter 'status' must be one of {', '.join(STATUSES)}")
     run_id = req.params.get("runId") or None
     limit = int_param(req.params.get("limit"), "limit", 100, 1, 1000)
-    jobs = get_services().jobs.list(status=status, run_id=run_id, limit=limit)
-    return json_response({"jobs": [j.to_api() for j in jobs], "count": len(jobs)})
+    jobs, token = get_services().jobs.page(status=status, run_id=run_id, limit=limit,
+                                           after=decode_token(req.params.get("continuationToken")))
+    return json_response(list_answer("jobs", [j.to_api() for j in jobs], token))
 
 
 @bp.route(route="runs", methods=["POST"])
@@ -110,8 +126,17 @@ async def list_jobs_http(req: func.HttpRequest) -> func.HttpResponse:
 async def start_run_http(req: func.HttpRequest,
                          client: df.DurableOrchestrationClient) -> func.HttpResponse:
     """Start a run over existing blobs: a prefix, or a list of names."""
-    s = get_services().settings
+    services = get_services()
     data = _body(req)
+    status, answer, replayed = await run_idempotent(
+        services.idempotency, "runs", dict(req.headers), data,
+        lambda key: _start_run(services, client, data, key))
+    return keyed_response(answer, status, replayed)
+
+
+async def _start_run(services: Services, client: df.DurableOrchestrationClient, data: dict,
+                     key: str | None) -> tuple[int, dict]:
+    s = services.settings
     prefix = field(data, "prefix", str, required=False)
     names = field(data, "blobs", list, required=False)
     if (prefix is None) == (names is None):
@@ -124,7 +149,8 @@ async def start_run_http(req: func.HttpRequest,
                 check_blob_name(name)
             except BlobNameError as exc:
                 raise bad_request(f"field 'blobs': {exc}") from None
-    run_id = field(data, "runId", str, required=False) or f"run-api-{uuid.uuid4().hex[:16]}"
+    run_id = field(data, "runId", str, required=False) or (
+        f"run-api-{derived_id('runs', key)}" if key else f"run-api-{uuid.uuid4().hex[:16]}")
     if not 1 <= len(run_id) <= 80 or not set(run_id) <= _RUN_ID_CHARS:
         raise bad_request("field 'runId' may hold 1-80 letters, digits, '-' and '_'")
     if await instance_status(client, run_id) is not None:
@@ -132,7 +158,20 @@ async def start_run_http(req: func.HttpRequest,
     await client.start_new("process_run", run_id, {
         "runId": run_id, "container": s.data_container, "prefix": prefix, "names": names,
         "jobTemplate": file_job_input(s, s.data_container, "", "")})
-    return json_response({"runId": run_id, "statusUrl": f"/api/runs/{run_id}"}, 202)
+    return 202, {"runId": run_id, "statusUrl": f"/api/runs/{run_id}"}
+
+
+@bp.route(route="runs", methods=["GET"])
+@api_errors
+async def list_runs_http(req: func.HttpRequest) -> func.HttpResponse:
+    """Runs newest first; filter `status`; pages with `continuationToken`."""
+    status = req.params.get("status") or None
+    if status is not None and status not in RUN_STATUSES:
+        raise bad_request(f"query parameter 'status' must be one of {', '.join(RUN_STATUSES)}")
+    limit = int_param(req.params.get("limit"), "limit", 100, 1, 1000)
+    runs, token = list_runs(get_services(), status, limit,
+                            decode_token(req.params.get("continuationToken")))
+    return json_response(list_answer("runs", runs, token))
 
 
 @bp.route(route="runs/{run_id}", methods=["GET"])

@@ -19,6 +19,11 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
                              mimetype="application/json", headers=headers)
 
 
+def keyed_response(body: Any, status: int, replayed: bool) -> func.HttpResponse:
+    """An answer to a submit; a repeat of an earlier keyed request says so in a header."""
+    return json_response(body, status, {"Idempotent-Replayed": "true"} if replayed else None)
+
+
 def error_response(error: ApiError) -> func.HttpResponse:
     return json_response(error.body(), error.status)
 

@@ -4,11 +4,27 @@ import logging
 import azure.durable_functions as df
 import azure.functions as func
 
-from blueprints.http_util import api_errors, instance_status, json_body, json_response
+from blueprints.http_util import (
+    api_errors,
+    instance_status,
+    json_body,
+    json_response,
+    keyed_response,
+)
 from shared import orchestrations
-from shared.api import not_found
+from shared.api import bad_request, int_param, not_found
 from shared.capacity import get_scaler, pool_status, request_capacity
-from shared.changes import parse_change, record_change, run_step, valid_change_id
+from shared.changes import (
+    CHANGE_STATUSES,
+    CHANGE_TYPES,
+    list_changes,
+    parse_change,
+    record_change,
+    run_step,
+    valid_change_id,
+)
+from shared.idempotency import derived_id, run_idempotent
+from shared.paging import decode_token, list_answer
 from shared.pool.backends.base import BackendError, Throttled
 from shared.pool.registry import RegistryError
 from shared.services import get_services
@@ -38,11 +54,38 @@ async def submit_change_http(req: func.HttpRequest,
                              client: df.DurableOrchestrationClient) -> func.HttpResponse:
     services = get_services()
     data = json_body(req, services.settings.max_body_bytes)
-    change = parse_change(services, data)
-    await client.start_new("pool_change", change.change_id, change.to_input())
-    record_change(services, {**change.to_input(), "status": "pending"})
-    return json_response({"changeId": change.change_id,
-                          "statusUrl": f"/api/changes/{change.change_id}"}, 202)
+
+    async def submit(key: str | None) -> tuple[int, dict]:
+        change = parse_change(services, data,
+                              f"change-{derived_id('changes', key)}" if key else None)
+        # A keyed request taking over from one that died may find the change started.
+        if not key or await instance_status(client, change.change_id) is None:
+            await client.start_new("pool_change", change.change_id, change.to_input())
+            record_change(services, {**change.to_input(), "status": "pending"})
+        return 202, {"changeId": change.change_id,
+                     "statusUrl": f"/api/changes/{change.change_id}"}
+
+    status, answer, replayed = await run_idempotent(services.idempotency, "changes",
+                                                    dict(req.headers), data, submit)
+    return keyed_response(answer, status, replayed)
+
+
+@bp.route(route="changes", methods=["GET"])
+@api_errors
+async def list_changes_http(req: func.HttpRequest) -> func.HttpResponse:
+    """Pool changes newest first; filters `status`, `changeType`; `continuationToken` pages."""
+    status = req.params.get("status") or None
+    if status is not None and status not in CHANGE_STATUSES:
+        raise bad_request(
+            f"query parameter 'status' must be one of {', '.join(CHANGE_STATUSES)}")
+    change_type = req.params.get("changeType") or None
+    if change_type is not None and change_type not in CHANGE_TYPES:
+        raise bad_request(
+            f"query parameter 'changeType' must be one of {', '.join(CHANGE_TYPES)}")
+    limit = int_param(req.params.get("limit"), "limit", 100, 1, 1000)
+    changes, token = list_changes(get_services(), status, change_type, limit,
+                                  decode_token(req.params.get("continuationToken")))
+    return json_response(list_answer("changes", changes, token))
 
 
 @bp.route(route="changes/{change_id}", methods=["GET"])

@@ -113,6 +113,7 @@ var names = {
   runTable: 'tblrun'
   changeTable: 'tblchange'
   claimTable: 'tblclaim'
+  idempotencyTable: 'tblidem'
 }
 var vmNames = [for i in range(1, poolVmCount): 'vm${padLeft(i, 2, '0')}']
 
@@ -172,6 +173,7 @@ module storage 'core/storage/storage-account.bicep' = {
       names.runTable
       names.changeTable
       names.claimTable
+      names.idempotencyTable
     ]
     eventGridTopicName: '${abbrs.eventGridSystemTopics}${resourceToken}'
   }
@@ -269,6 +271,8 @@ var appSettings = union({
   RUN_TABLE: names.runTable
   CHANGE_TABLE: names.changeTable
   CLAIM_TABLE: names.claimTable
+  IDEMPOTENCY_TABLE: names.idempotencyTable
+  IDEMPOTENCY_RETENTION_SECONDS: '86400'
   POOL_BACKEND: 'azure'
   POOL_VMS: poolVmCount == 1 ? 'vm01' : 'vm01..${last(vmNames)}'
   POOL_MAX_RUNNING: string(poolVmCount)

@@ -17,6 +17,7 @@ from typing import Any
 from azure.data.tables import UpdateMode
 
 from shared.api import ApiError, bad_request, conflict, field, not_found
+from shared.paging import SortKey, equals_filter, page
 from shared.pool.backends.base import DEALLOCATED, RUNNING, STOPPED, Operation
 from shared.pool.members import is_valid_vm_name
 from shared.pool.registry import UnknownVm, VmState
@@ -56,7 +57,8 @@ class ChangeRequest:
                 "vms": list(self.vms), "spec": self.spec, "steps": self.steps()}
 
 
-def parse_change(services: Services, data: dict[str, Any]) -> ChangeRequest:
+def parse_change(services: Services, data: dict[str, Any],
+                 change_id: str | None = None) -> ChangeRequest:
     """Validate against the pool as it is now; refuse before anything changes."""
     change_type = field(data, "changeType", str)
     if change_type not in CHANGE_TYPES:
@@ -81,7 +83,8 @@ def parse_change(services: Services, data: dict[str, Any]) -> ChangeRequest:
             raise not_found(f"VM '{vm}' is not a member of the pool")
     if change_type == "pool.add" and services.settings.pool_backend == "external":
         raise ApiError(409, "NotSupported", "the external backend provisions nothing")
-    return ChangeRequest(f"change-{uuid.uuid4().hex[:16]}", change_type, tuple(vms), spec)
+    return ChangeRequest(change_id or f"change-{uuid.uuid4().hex[:16]}", change_type,
+                         tuple(vms), spec)
 
 
 _CHANGE_ID = re.compile(r"^change-[0-9a-f]{16}$")
@@ -154,12 +157,40 @@ def _wait_power(scaler: Scaler, vm: str, wanted: str) -> dict[str, Any]:
     return {"done": False, "operation": "waiting", "error": ""}
 
 
+CHANGE_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+
+
 def record_change(services: Services, change: dict[str, Any]) -> None:
-    """Upsert the change's row so it can be listed after its orchestration is purged."""
+    """Merge the change's row so it can be listed after its orchestration is purged."""
     steps = change.get("steps", [])
-    services.table(services.settings.change_table).upsert_entity({
+    now = datetime.now(timezone.utc)
+    entity = {
         "PartitionKey": change["changeId"], "RowKey": "change",
         "changeType": change["changeType"], "status": change.get("status", "running"),
         "progress": f"{sum(1 for s in steps if s['status'] == 'done')}/{len(steps)}",
         "vms": ",".join(change["vms"]), "error": change.get("error", "")[:8000],
-        "updatedAt": datetime.now(timezone.utc)}, mode=UpdateMode.REPLACE)
+        "updatedAt": now}
+    if change.get("status") == "pending":
+        entity["createdAt"] = now
+    services.table(services.settings.change_table).upsert_entity(entity, mode=UpdateMode.MERGE)
+
+
+def _change_api(row: Any) -> dict[str, Any]:
+    def iso(value: Any) -> str | None:
+        return value.isoformat() if isinstance(value, datetime) else None
+
+    return {"changeId": row["PartitionKey"], "changeType": row.get("changeType"),
+            "status": row.get("status"), "progress": row.get("progress"),
+            "vms": [v for v in str(row.get("vms") or "").split(",") if v],
+            "error": row.get("error") or None, "createdAt": iso(row.get("createdAt")),
+            "updatedAt": iso(row.get("updatedAt"))}
+
+
+def list_changes(services: Services, status: str | None, change_type: str | None, limit: int,
+                 after: SortKey | None) -> tuple[list[dict[str, Any]], str | None]:
+    """Pool changes newest first, optionally of one status and one type."""
+    clauses, params = equals_filter("change", status=status, changeType=change_type)
+    rows = services.table(services.settings.change_table).query_entities(
+        " and ".join(clauses), parameters=params)
+    return page((_change_api(r) for r in rows),
+                lambda c: (c["createdAt"] or c["updatedAt"] or "", c["changeId"]), limit, after)

@@ -18,6 +18,8 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, UpdateMode
 
+from shared.paging import SortKey, equals_filter, page
+
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED)
 FINISHED = (SUCCEEDED, FAILED)
@@ -171,16 +173,22 @@ class JobStore:
     def list(self, status: str | None = None, run_id: str | None = None,
              limit: int = 100) -> list[Job]:
         """Newest first. Filters are validated by the caller; values are quoted here."""
-        clauses = [f"RowKey eq '{ROW}'"]
-        params: dict[str, Any] = {}
-        if status:
-            clauses.append("status eq @status")
-            params["status"] = status
-        if run_id:
-            clauses.append("runId eq @run")
-            params["run"] = run_id
+        return self.page(status=status, run_id=run_id, limit=limit)[0]
+
+    def page(self, status: str | None = None, run_id: str | None = None, limit: int = 100,
+             after: SortKey | None = None) -> tuple[list[Job], str | None]:
+        """A page of jobs, newest first, after the continuation key `after`."""
+        clauses, params = equals_filter(ROW, status=status, runId=run_id)
+        if after is not None:
+            try:
+                params["before"] = datetime.fromisoformat(after[0])
+                clauses.append("createdAt le @before")  # the rest is sorted out in `page`
+            except ValueError:
+                pass
         rows = self.table.query_entities(" and ".join(clauses), parameters=params)
-        jobs = [Job.from_entity(row) for row in rows]
-        jobs.sort(key=lambda j: j.created_at or datetime.min.replace(tzinfo=timezone.utc),
-                  reverse=True)
-        return jobs[:limit]
+        return page((Job.from_entity(row) for row in rows), _job_key, limit, after)
+
+
+def _job_key(job: Job) -> SortKey:
+    created = job.created_at or datetime.min.replace(tzinfo=timezone.utc)
+    return created.isoformat(), job.job_id

@@ -128,6 +128,9 @@ def process_run(context: df.DurableOrchestrationContext) -> Generator[Any, Any, 
                context.current_utc_datetime.isoformat(),
                "summary": {"files": len(files), "succeeded": 0, "failed": 0, "bytesIn": 0,
                            "bytesOut": 0}}
+        yield context.call_activity_with_retry("record_run_activity", ACTIVITY_RETRY, {
+            **run["summary"], "runId": run["runId"], "status": "running",
+            "startedAt": run["startedAt"]})
     files, offset, summary = run["files"], run["offset"], dict(run["summary"])
     chunk = files[offset:offset + RUN_CHUNK]
     context.set_custom_status({"state": "processing", "done": offset, "files": len(files)})

@@ -16,6 +16,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 from shared.jobs import FAILED, SUCCEEDED
 from shared.naming import check_blob_name, failed_error_name, file_instance_id
+from shared.paging import SortKey, equals_filter, page
 from shared.services import Services
 from shared.workitem import WorkItem
 
@@ -151,13 +152,17 @@ def _delete_if_exists(client: Any) -> None:
         pass
 
 
+RUN_STATUSES = ("running", "completed", "cancelled")
+
+
 def record_run(services: Services, summary: dict[str, Any]) -> dict[str, Any]:
-    """Upsert the run's summary row (`tblrun`)."""
+    """Merge the run's summary into its row (`tblrun`): written when the run has listed its
+    files (status running) and when it ends; a merge keeps fields others wrote (a cancel)."""
     from azure.data.tables import UpdateMode  # noqa: PLC0415
 
     entity = {"PartitionKey": summary["runId"], "RowKey": "run",
               **{k: v for k, v in summary.items() if k != "runId" and v is not None}}
-    services.table(services.settings.run_table).upsert_entity(entity, mode=UpdateMode.REPLACE)
+    services.table(services.settings.run_table).upsert_entity(entity, mode=UpdateMode.MERGE)
     services.log.write("run.finished" if summary.get("status") != "running" else "run.progress",
                        f"run {summary['runId']}: {summary.get('succeeded', 0)} ok, "
                        f"{summary.get('failed', 0)} failed", run_id=summary["runId"],
@@ -165,10 +170,24 @@ def record_run(services: Services, summary: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _run_api(row: Any) -> dict[str, Any]:
+    return {"runId": row["PartitionKey"], **{k: v for k, v in row.items()
+                                             if k not in ("PartitionKey", "RowKey")}}
+
+
 def get_run(services: Services, run_id: str) -> dict[str, Any] | None:
     try:
         row = services.table(services.settings.run_table).get_entity(run_id, "run")
-    except ResourceNotFoundError:
+    except (ResourceNotFoundError, ValueError):
         return None
-    return {"runId": run_id, **{k: v for k, v in row.items()
-                                if k not in ("PartitionKey", "RowKey")}}
+    return _run_api(row)
+
+
+def list_runs(services: Services, status: str | None, limit: int,
+              after: SortKey | None) -> tuple[list[dict[str, Any]], str | None]:
+    """Runs newest first (by start), optionally of one status."""
+    clauses, params = equals_filter("run", status=status)
+    rows = services.table(services.settings.run_table).query_entities(" and ".join(clauses),
+                                                                      parameters=params)
+    return page((_run_api(r) for r in rows),
+                lambda r: (str(r.get("startedAt") or ""), r["runId"]), limit, after)

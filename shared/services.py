@@ -18,6 +18,7 @@ from azure.storage.queue import QueueClient
 
 from shared.claims import ClaimStore
 from shared.eventlog import EventLog
+from shared.idempotency import IdempotencyStore
 from shared.issued import IssuedItems
 from shared.jobs import JobStore
 from shared.settings import Settings
@@ -71,6 +72,14 @@ class Services:
 
         return ClaimStore(self.table(self.settings.claim_table),
                           stale_after=timedelta(seconds=self.settings.heartbeat_timeout_seconds))
+
+    @cached_property
+    def idempotency(self) -> IdempotencyStore:
+        from datetime import timedelta  # noqa: PLC0415
+
+        return IdempotencyStore(
+            self.table(self.settings.idempotency_table),
+            timedelta(seconds=self.settings.idempotency_retention_seconds))
 
     @cached_property
     def registry(self) -> PoolRegistry:

@@ -154,6 +154,9 @@ class Settings:
     run_table: str = _setting("RUN_TABLE", parse_table_name, "tblrun")
     change_table: str = _setting("CHANGE_TABLE", parse_table_name, "tblchange")
     claim_table: str = _setting("CLAIM_TABLE", parse_table_name, "tblclaim")
+    idempotency_table: str = _setting("IDEMPOTENCY_TABLE", parse_table_name, "tblidem")
+    idempotency_retention_seconds: int = _setting(
+        "IDEMPOTENCY_RETENTION_SECONDS", _int_range(60, 30 * 86400), "86400")
 
     pool_backend: str = _setting("POOL_BACKEND", _choice("local", "azure", "external"), "local")
     pool_vms: str = _setting("POOL_VMS", parse_text, "vm01..vm03")
@@ -242,7 +245,7 @@ class Settings:
 
     def tables(self) -> tuple[str, ...]:
         return (self.vm_table, self.log_table, self.result_table, self.run_table,
-                self.change_table, self.claim_table)
+                self.change_table, self.claim_table, self.idempotency_table)
 
 
 def setting_names() -> list[str]:

@@ -39,6 +39,7 @@ def storage_env(azurite: Azurite) -> dict[str, str]:
         "RUN_TABLE": f"tblrun{suffix}",
         "CHANGE_TABLE": f"tblchange{suffix}",
         "CLAIM_TABLE": f"tblclaim{suffix}",
+        "IDEMPOTENCY_TABLE": f"tblidem{suffix}",
     }
 
 

@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.changes import CHANGE_STATUSES, CHANGE_TYPES  # noqa: E402
+from shared.jobs import STATUSES as JOB_STATUSES  # noqa: E402
+from shared.pipeline import RUN_STATUSES  # noqa: E402
+
 ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -43,6 +49,35 @@ STR, INT, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
 ANY = {"type": "object", "additionalProperties": True}
 
 
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "description": "Same key and body within the retention window: the first "
+                                  "answer again (header Idempotent-Replayed: true), nothing new "
+                                  "started; same key, other body: 409 IdempotencyKeyReused. "
+                                  "May be sent as `requestId` in the body instead.",
+                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:~-]{1,200}$"}}
+REQUEST_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:~-]{1,200}$",
+              "description": "idempotency key (alternative to the Idempotency-Key header)"}
+TOKEN = {"type": "string", "nullable": True,
+         "description": "pass as `continuationToken` for the next page; null on the last"}
+
+
+def _list_params(*filters: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*filters,
+            {"name": "limit", "in": "query",
+             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+            {"name": "continuationToken", "in": "query", "schema": STR}]
+
+
+def _list(name: str, item: dict[str, Any]) -> dict[str, Any]:
+    return _obj({name: {"type": "array", "items": item}, "count": INT,
+                 "continuationToken": TOKEN}, [name, "count", "continuationToken"])
+
+
+def _query(name: str, values: list[str] | None = None) -> dict[str, Any]:
+    schema = {"type": "string", "enum": values} if values else STR
+    return {"name": name, "in": "query", "schema": schema}
+
+
 def document() -> dict[str, Any]:
     job = {"$ref": "#/components/schemas/Job"}
     path_param = lambda name: {"name": name, "in": "path", "required": True,  # noqa: E731
@@ -59,22 +94,16 @@ def document() -> dict[str, Any]:
             "post": {"operationId": "submit_job_http",
                      "summary": "Process a blob of the data container (uploading it if content "
                                 "is given)",
-                     "requestBody": _body(_obj({"blob": STR, "content": STR, "contentBase64": STR},
-                                               ["blob"])),
+                     "parameters": [IDEMPOTENCY_KEY],
+                     "requestBody": _body(_obj({"blob": STR, "content": STR, "contentBase64": STR,
+                                                "requestId": REQUEST_ID}, ["blob"])),
                      "responses": {"202": _resp("Job accepted", _obj(
                          {"jobId": STR, "blob": STR, "created": BOOL, "statusUrl": STR})),
-                                   **_errors(400, 401, 404, 413)}},
+                                   **_errors(400, 401, 404, 409, 413)}},
             "get": {"operationId": "list_jobs_http", "summary": "Jobs, newest first",
-                    "parameters": [
-                        {"name": "status", "in": "query", "schema": {
-                            "type": "string",
-                            "enum": ["queued", "running", "succeeded", "failed"]}},
-                        {"name": "runId", "in": "query", "schema": STR},
-                        {"name": "limit", "in": "query",
-                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
-                    "responses": {"200": _resp("Jobs", _obj({"jobs": {"type": "array",
-                                                                     "items": job},
-                                                            "count": INT})),
+                    "parameters": _list_params(
+                        _query("status", list(JOB_STATUSES)), _query("runId")),
+                    "responses": {"200": _resp("Jobs", _list("jobs", job)),
                                   **_errors(400, 401)}}},
         "/api/jobs/{job_id}": {"get": {
             "operationId": "get_job_http", "summary": "One job with its orchestration status",
@@ -82,10 +111,15 @@ def document() -> dict[str, Any]:
             "responses": {"200": _resp("Job", job), **_errors(401, 404)}}},
         "/api/runs": {"post": {
             "operationId": "start_run_http", "summary": "Run over existing blobs",
+            "parameters": [IDEMPOTENCY_KEY],
             "requestBody": _body(_obj({"prefix": STR, "blobs": {"type": "array", "items": STR},
-                                       "runId": STR})),
+                                       "runId": STR, "requestId": REQUEST_ID})),
             "responses": {"202": _resp("Run started", _obj({"runId": STR, "statusUrl": STR})),
-                          **_errors(400, 401, 409, 413)}}},
+                          **_errors(400, 401, 409, 413)}},
+            "get": {"operationId": "list_runs_http", "summary": "Runs, newest first",
+                    "parameters": _list_params(_query("status", list(RUN_STATUSES))),
+                    "responses": {"200": _resp("Runs", _list("runs", ANY)),
+                                  **_errors(400, 401)}}},
         "/api/runs/{run_id}": {"get": {
             "operationId": "get_run_http", "summary": "Run progress and summary",
             "parameters": [path_param("run_id")],
@@ -96,12 +130,18 @@ def document() -> dict[str, Any]:
         "/api/changes": {"post": {
             "operationId": "submit_change_http",
             "summary": "Change the pool: pool.add, pool.remove, pool.start, pool.stop",
-            "requestBody": _body(_obj({"changeType": {"type": "string", "enum": [
-                "pool.add", "pool.remove", "pool.start", "pool.stop"]},
-                "vms": {"type": "array", "items": STR}, "spec": ANY}, ["changeType", "vms"])),
+            "parameters": [IDEMPOTENCY_KEY],
+            "requestBody": _body(_obj({"changeType": {"type": "string", "enum": list(CHANGE_TYPES)},
+                                       "vms": {"type": "array", "items": STR}, "spec": ANY,
+                                       "requestId": REQUEST_ID}, ["changeType", "vms"])),
             "responses": {"202": _resp("Change accepted", _obj({"changeId": STR,
                                                                  "statusUrl": STR})),
-                          **_errors(400, 401, 404, 409, 413)}}},
+                          **_errors(400, 401, 404, 409, 413)}},
+            "get": {"operationId": "list_changes_http", "summary": "Pool changes, newest first",
+                    "parameters": _list_params(_query("status", list(CHANGE_STATUSES)),
+                                               _query("changeType", list(CHANGE_TYPES))),
+                    "responses": {"200": _resp("Changes", _list("changes", ANY)),
+                                  **_errors(400, 401)}}},
         "/api/changes/{change_id}": {"get": {
             "operationId": "get_change_http", "summary": "Steps and progress of a change",
             "parameters": [path_param("change_id")],

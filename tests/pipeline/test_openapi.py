@@ -51,3 +51,9 @@ def test_anonymous_only_where_documented_without_security() -> None:
         op = next(op for item in doc["paths"].values() for op in item.values()
                   if op["operationId"] == name)
         assert (spec.get("authLevel") == "ANONYMOUS") == (op.get("security") == []), name
+
+
+def test_document_is_a_valid_openapi_3_document() -> None:
+    from openapi_spec_validator import validate  # noqa: PLC0415
+
+    validate(json.loads((ROOT / "openapi.json").read_text()))
