@@ -20,10 +20,6 @@ STDERR_TAIL_BYTES = 4096
 KILL_GRACE_SECONDS = 5.0
 
 
-class UnknownActionError(LookupError):
-    """The work item names an action this agent is not configured to run."""
-
-
 @dataclass(frozen=True)
 class ActionResult:
     exit_code: int | None       # None when the agent stopped the action

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import posixpath
 import re
 from datetime import datetime, timezone
 
@@ -32,11 +31,6 @@ def file_instance_id(container: str, name: str, etag: str) -> str:
     return f"file-{digest[:40]}"
 
 
-def job_id_for(instance_id: str) -> str:
-    """One job per `process_file` instance; the job id is its instance id."""
-    return instance_id
-
-
 def run_instance_id(scheduled: datetime) -> str:
     """`process_run` instance id from the timer's scheduled time (to the second)."""
     moment = scheduled.astimezone(timezone.utc).replace(microsecond=0)
@@ -51,6 +45,3 @@ def result_blob_name(blob_name: str, action: str) -> str:
 def failed_error_name(blob_name: str) -> str:
     return f"{blob_name}.error.json"
 
-
-def base_name(blob_name: str) -> str:
-    return posixpath.basename(blob_name)

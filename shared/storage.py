@@ -134,10 +134,6 @@ class StorageConnection:
         return QueueClient(self.queue_uri, queue_name, credential=self.credential(), **policies)
 
 
-def connection_for(settings: Settings, env: Mapping[str, str] | None = None) -> StorageConnection:
-    return StorageConnection.from_env(settings.storage_connection, env)
-
-
 def ensure_resources(settings: Settings, conn: StorageConnection) -> dict[str, list[str]]:
     """Create the containers, queues and tables the app needs; safe to call any number of times.
 
