@@ -5,9 +5,9 @@ No business logic lives here; see `blueprints/` (functions) and `shared/` (logic
 import azure.durable_functions as df
 import azure.functions as func
 
-from blueprints import api, dashboard, health, ingest, orchestration, pool
+from blueprints import dashboard, health, ingest, jobs, orchestration, pool
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 
-for blueprint in (health.bp, ingest.bp, orchestration.bp, pool.bp, api.bp, dashboard.bp):
+for blueprint in (health.bp, ingest.bp, orchestration.bp, pool.bp, jobs.bp, dashboard.bp):
     app.register_functions(blueprint)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.contracts import InvalidVmName, validate_vm_name
 from shared.settings import parse_bool, parse_container_name, parse_table_name
 from shared.storage import StorageConfigError, StorageConnection
 
@@ -29,7 +30,6 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 STORAGE_NAME = "AGENT_STORAGE"
 INPUT, OUTPUT = "{input}", "{output}"
 _ACTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_VM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class ConfigError(ValueError):
@@ -111,10 +111,12 @@ def _text(raw: str) -> str:
 
 
 def _vm_name(raw: str) -> str:
-    value = raw.strip()
-    if not _VM_NAME_RE.match(value):
-        raise ValueError(f"{raw!r} is not a VM name (letters, digits, '.', '_', '-'; 1-64)")
-    return value
+    """The pool's own rule, so the agent never runs under a name the pool refuses."""
+    try:
+        return validate_vm_name(raw.strip())
+    except InvalidVmName:
+        raise ValueError(f"{raw!r} is not a VM name (1-64 letters, digits, '-', '_' or '.', "
+                         "starting with a letter or digit and not ending in '-' or '.')") from None
 
 
 def _url(raw: str) -> str:

@@ -19,9 +19,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bench.traces import Job, PoolParams, Trace
+from shared.contracts import VmState
 
-DEALLOCATED, STARTING, RUNNING = "deallocated", "starting", "running"
-DRAINING, DEALLOCATING, FAILED = "draining", "deallocating", "failed"
+# The pool's VM states, as the plain strings the policy reads.
+DEALLOCATED, STARTING, RUNNING = (VmState.DEALLOCATED.value, VmState.STARTING.value,
+                                  VmState.RUNNING.value)
+DRAINING, DEALLOCATING, FAILED = (VmState.DRAINING.value, VmState.DEALLOCATING.value,
+                                  VmState.FAILED.value)
 ALLOCATED = (STARTING, RUNNING, DRAINING, DEALLOCATING)
 
 ARRIVAL, COMPLETE, READY, GONE, TICK = "arrival", "complete", "ready", "deallocated", "tick"

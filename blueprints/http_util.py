@@ -5,10 +5,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import azure.durable_functions as df
 import azure.functions as func
 
 from shared.api import ApiError, parse_json_body, require_object
+from shared.durable_client import instance_status
+
+__all__ = ["api_errors", "error_response", "instance_status", "json_body", "json_response"]
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +52,3 @@ def json_body(req: func.HttpRequest, max_bytes: int) -> dict:
     """The request's JSON object, refused (413/400) before anything changes."""
     return require_object(parse_json_body(req.get_body(), max_bytes))
 
-
-async def instance_status(client: df.DurableOrchestrationClient,
-                          instance_id: str) -> dict | None:
-    """An orchestration's status as the API shows it, or None when there is no such instance."""
-    status = await client.get_status(instance_id)
-    if status is None or status.runtime_status is None:
-        return None
-    return {"runtimeStatus": status.runtime_status.value, "customStatus": status.custom_status,
-            "createdTime": status.created_time, "lastUpdatedTime": status.last_updated_time,
-            "input": status.input_, "output": status.output}

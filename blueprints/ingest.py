@@ -1,41 +1,32 @@
 """Ingest: the collector timer and the blob trigger that start orchestrations."""
 import logging
-import os
-from datetime import datetime, timezone
 
 import azure.durable_functions as df
 import azure.functions as func
 
+from shared import contracts
+from shared.clock import utcnow
+from shared.durable_client import start_once
 from shared.ingest import file_start_for_blob, run_input_for_tick, split_blob_path
 from shared.services import get_services
+from shared.settings import Settings
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)
 
-# The trigger source is fixed when the app is indexed: Event Grid in Azure (Flex Consumption
-# supports only that), container polling locally.
-_SOURCE = (func.BlobSource.EVENT_GRID
-           if os.environ.get("BLOB_TRIGGER_SOURCE", "").strip().lower() == "eventgrid"
+# The trigger's source and connection are fixed when the app is indexed: Event Grid in Azure
+# (Flex Consumption supports only that), container polling locally.
+_SOURCE = (func.BlobSource.EVENT_GRID if Settings.one("blob_trigger_source") == "eventgrid"
            else func.BlobSource.LOGS_AND_CONTAINER_SCAN)
-_CONNECTION = os.environ.get("STORAGE_CONNECTION", "AzureWebJobsStorage")
-
-
-async def _start_once(client: df.DurableOrchestrationClient, name: str, instance_id: str,
-                      payload: dict) -> bool:
-    """Start unless an instance with this id exists: a repeated trigger starts nothing."""
-    status = await client.get_status(instance_id)
-    if status is not None and status.runtime_status is not None:
-        return False
-    await client.start_new(name, instance_id, payload)
-    return True
+_CONNECTION = Settings.one("storage_connection")
 
 
 @bp.timer_trigger(arg_name="timer", schedule="%COLLECT_SCHEDULE%", run_on_startup=False)
 @bp.durable_client_input(client_name="client")
 async def collect_data_timer(timer: func.TimerRequest,
                              client: df.DurableOrchestrationClient) -> None:
-    run_id, payload = run_input_for_tick(get_services(), datetime.now(timezone.utc))
-    started = await _start_once(client, "process_run", run_id, payload)
+    run_id, payload = run_input_for_tick(get_services(), utcnow())
+    started = await start_once(client, contracts.PROCESS_RUN, run_id, payload)
     log.info("collect_data_timer: run %s %s (past due: %s)", run_id,
              "started" if started else "already exists", timer.past_due)
 
@@ -51,6 +42,6 @@ async def data_blob_trigger(blob: func.InputStream,
     if start is None:
         return
     instance_id, payload = start
-    started = await _start_once(client, "process_file", instance_id, payload)
+    started = await start_once(client, contracts.PROCESS_FILE, instance_id, payload)
     log.info("data_blob_trigger: %s/%s → %s %s", container, name[:200], instance_id,
              "started" if started else "already exists")

@@ -1,11 +1,9 @@
-"""The HTTP API: submit and follow jobs and runs, VM callbacks, deployment gate, OpenAPI.
+"""The jobs area of the HTTP API: submit and follow jobs and runs, the VM callbacks that finish
+their steps, the deployment gate and the OpenAPI document.
 
 Function keys protect everything but health and the OpenAPI document; errors are
 `{"error": {"code", "message"}}`; handlers validate before they change anything.
 """
-import base64
-import binascii
-import uuid
 from pathlib import Path
 
 import azure.durable_functions as df
@@ -18,28 +16,21 @@ from blueprints.http_util import (
     json_response,
     keyed_response,
 )
-from shared import callback
-from shared.api import (
-    ApiError,
-    bad_request,
-    conflict,
-    field,
-    int_param,
-    not_found,
-)
+from shared import callback, contracts
+from shared.api import bad_request, conflict, int_param, not_found
 from shared.capacity import request_capacity
+from shared.contracts import RUN_STATUSES
 from shared.deployment import deployment_status
-from shared.idempotency import derived_id, run_idempotent
+from shared.durable_client import raise_event, start_once
+from shared.idempotency import run_idempotent
 from shared.jobs import STATUSES, JobNotFound
-from shared.naming import BlobNameError, check_blob_name
-from shared.orchestrations import file_job_input
 from shared.paging import decode_token, list_answer
-from shared.pipeline import RUN_STATUSES, BlobMissing, describe_blob, get_run, list_runs
+from shared.pipeline import get_run, list_runs
 from shared.services import Services, get_services
+from shared.submissions import submit_job, submit_run
 
 bp = df.Blueprint()
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
-_RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
 def _body(req: func.HttpRequest) -> dict:
@@ -62,36 +53,9 @@ async def submit_job_http(req: func.HttpRequest,
 
 async def _submit_job(services: Services, client: df.DurableOrchestrationClient,
                       data: dict) -> tuple[int, dict]:
-    s = services.settings
-    name = field(data, "blob", str)
-    try:
-        check_blob_name(name)
-    except BlobNameError as exc:
-        raise bad_request(f"field 'blob': {exc}") from None
-    content = field(data, "content", str, required=False)
-    content_b64 = field(data, "contentBase64", str, required=False)
-    if content is not None and content_b64 is not None:
-        raise bad_request("give either 'content' or 'contentBase64', not both")
-    if content_b64 is not None:
-        try:
-            payload = base64.b64decode(content_b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise bad_request("field 'contentBase64' is not valid base64") from None
-    else:
-        payload = content.encode() if content is not None else None
-    blob_client = services.blobs.get_blob_client(s.data_container, name)
-    if payload is not None:
-        blob_client.upload_blob(payload, overwrite=True)
-    try:
-        ref = describe_blob(services, s.data_container, name)
-    except BlobMissing:
-        raise not_found(f"blob '{s.data_container}/{name}' does not exist") from None
-    existing = await instance_status(client, ref.instance_id)
-    if existing is None:
-        await client.start_new("process_file", ref.instance_id,
-                               file_job_input(s, s.data_container, name, ref.instance_id))
-    return 202, {"jobId": ref.instance_id, "blob": f"{s.data_container}/{name}",
-                 "created": existing is None, "statusUrl": f"/api/jobs/{ref.instance_id}"}
+    job = submit_job(services, data)
+    created = await start_once(client, contracts.PROCESS_FILE, job.instance_id, job.job)
+    return 202, job.response(created)
 
 
 @bp.route(route="jobs/{job_id}", methods=["GET"])
@@ -136,28 +100,10 @@ async def start_run_http(req: func.HttpRequest,
 
 async def _start_run(services: Services, client: df.DurableOrchestrationClient, data: dict,
                      key: str | None) -> tuple[int, dict]:
-    s = services.settings
-    prefix = field(data, "prefix", str, required=False)
-    names = field(data, "blobs", list, required=False)
-    if (prefix is None) == (names is None):
-        raise bad_request("give exactly one of 'prefix' or 'blobs'")
-    if names is not None:
-        if not names or len(names) > 10_000 or not all(isinstance(n, str) for n in names):
-            raise bad_request("field 'blobs' must be a list of 1-10000 blob names")
-        for name in names:
-            try:
-                check_blob_name(name)
-            except BlobNameError as exc:
-                raise bad_request(f"field 'blobs': {exc}") from None
-    run_id = field(data, "runId", str, required=False) or (
-        f"run-api-{derived_id('runs', key)}" if key else f"run-api-{uuid.uuid4().hex[:16]}")
-    if not 1 <= len(run_id) <= 80 or not set(run_id) <= _RUN_ID_CHARS:
-        raise bad_request("field 'runId' may hold 1-80 letters, digits, '-' and '_'")
-    if await instance_status(client, run_id) is not None:
+    run = submit_run(services, data, key)
+    run_id = run["runId"]
+    if not await start_once(client, contracts.PROCESS_RUN, run_id, run):
         raise conflict(f"run '{run_id}' already exists")
-    await client.start_new("process_run", run_id, {
-        "runId": run_id, "container": s.data_container, "prefix": prefix, "names": names,
-        "jobTemplate": file_job_input(s, s.data_container, "", "")})
     return 202, {"runId": run_id, "statusUrl": f"/api/runs/{run_id}"}
 
 
@@ -199,14 +145,7 @@ async def vm_done_http(req: func.HttpRequest,
                                 req.get_body(), dict(req.headers))
     if event.repeat:
         return json_response({"accepted": True, "repeat": True})
-    try:
-        await client.raise_event(event.instance_id, event.event_name, event.payload)
-    except Exception as exc:  # noqa: BLE001 - the SDK raises a bare Exception per status
-        if "is gone" in str(exc):
-            raise ApiError(410, "JobFinished", "the job has already finished") from None
-        if "No instance" in str(exc):
-            raise not_found("the job's orchestration does not exist") from None
-        raise
+    await raise_event(client, event.instance_id, event.event_name, event.payload)
     callback.acknowledge(services, event, vm)
     return json_response({"accepted": True, "repeat": False})
 

@@ -1,64 +1,68 @@
 """Orchestrations and their activities: one file (`process_file`) and a batch (`process_run`).
 
 The orchestrator bodies live in `shared.orchestrations`; the activities are thin wrappers over
-`shared.pipeline`, so each can be tested without the Functions host.
+`shared.pipeline`, so each can be tested without the Functions host. Every function is
+registered under its name from `shared.contracts`, the same constant its callers use.
 """
-from datetime import datetime, timezone
-
 import azure.durable_functions as df
 
-from shared import orchestrations, pipeline
+from shared import contracts, orchestrations, pipeline
 from shared.capacity import request_capacity
-from shared.collectors import collect
 from shared.services import get_services
 
 bp = df.Blueprint()
 
 
+@bp.function_name(contracts.PROCESS_FILE)
 @bp.orchestration_trigger(context_name="context")
-def process_file(context: df.DurableOrchestrationContext):
+def process_file_orchestrator(context: df.DurableOrchestrationContext):
     return (yield from orchestrations.process_file(context))
 
 
+@bp.function_name(contracts.PROCESS_RUN)
 @bp.orchestration_trigger(context_name="context")
-def process_run(context: df.DurableOrchestrationContext):
+def process_run_orchestrator(context: df.DurableOrchestrationContext):
     return (yield from orchestrations.process_run(context))
 
 
+@bp.function_name(contracts.START_JOB)
 @bp.activity_trigger(input_name="job")
-def start_job_activity(job: dict) -> dict:
+def start_job(job: dict) -> dict:
     return pipeline.start_job(get_services(), job)
 
 
+@bp.function_name(contracts.ISSUE_WORK_ITEM)
 @bp.activity_trigger(input_name="request")
-def issue_work_item_activity(request: dict) -> dict:
+def issue_work_item(request: dict) -> dict:
     return pipeline.issue_work_item(get_services(), request)
 
 
+@bp.function_name(contracts.FINISH_JOB)
 @bp.activity_trigger(input_name="outcome")
-def finish_job_activity(outcome: dict) -> dict:
+def finish_job(outcome: dict) -> dict:
     return pipeline.finish_job(get_services(), outcome)
 
 
+@bp.function_name(contracts.REQUEST_CAPACITY)
 @bp.activity_trigger(input_name="request")
-def request_capacity_activity(request: dict) -> dict:
+def request_pool_capacity(request: dict) -> dict:
     return request_capacity(get_services(), request.get("reason", ""))
 
 
+@bp.function_name(contracts.COLLECT_DATA)
 @bp.activity_trigger(input_name="run")
-def collect_data_activity(run: dict) -> list:
-    services = get_services()
-    written = collect(run["source"], run["runId"], datetime.now(timezone.utc), services.blobs,
-                      run["container"])
-    return pipeline.list_files(services, run["container"], names=[f.name for f in written])
+def collect_data(run: dict) -> list:
+    return pipeline.collect_files(get_services(), run)
 
 
+@bp.function_name(contracts.LIST_FILES)
 @bp.activity_trigger(input_name="run")
-def list_files_activity(run: dict) -> list:
+def list_files(run: dict) -> list:
     return pipeline.list_files(get_services(), run["container"], prefix=run.get("prefix"),
                                names=run.get("names"))
 
 
+@bp.function_name(contracts.RECORD_RUN)
 @bp.activity_trigger(input_name="summary")
-def record_run_activity(summary: dict) -> dict:
+def record_run(summary: dict) -> dict:
     return pipeline.record_run(get_services(), summary)

@@ -11,22 +11,19 @@ from blueprints.http_util import (
     json_response,
     keyed_response,
 )
-from shared import orchestrations
+from shared import contracts, orchestrations
 from shared.api import bad_request, int_param, not_found
-from shared.capacity import get_scaler, pool_status, request_capacity
+from shared.capacity import pool_status, request_capacity
 from shared.changes import (
-    CHANGE_STATUSES,
-    CHANGE_TYPES,
+    change_step,
     list_changes,
     parse_change,
     record_change,
-    run_step,
     valid_change_id,
 )
+from shared.contracts import CHANGE_STATUSES, CHANGE_TYPES
 from shared.idempotency import derived_id, run_idempotent
 from shared.paging import decode_token, list_answer
-from shared.pool.backends.base import BackendError, Throttled
-from shared.pool.registry import RegistryError
 from shared.services import get_services
 
 bp = df.Blueprint()
@@ -60,7 +57,7 @@ async def submit_change_http(req: func.HttpRequest,
                               f"change-{derived_id('changes', key)}" if key else None)
         # A keyed request taking over from one that died may find the change started.
         if not key or await instance_status(client, change.change_id) is None:
-            await client.start_new("pool_change", change.change_id, change.to_input())
+            await client.start_new(contracts.POOL_CHANGE, change.change_id, change.to_input())
             record_change(services, {**change.to_input(), "status": "pending"})
         return 202, {"changeId": change.change_id,
                      "statusUrl": f"/api/changes/{change.change_id}"}
@@ -104,26 +101,21 @@ async def get_change_http(req: func.HttpRequest,
                           "output": status["output"]})
 
 
+@bp.function_name(contracts.POOL_CHANGE)
 @bp.orchestration_trigger(context_name="context")
-def pool_change(context: df.DurableOrchestrationContext):
+def pool_change_orchestrator(context: df.DurableOrchestrationContext):
     return (yield from orchestrations.pool_change(context))
 
 
+@bp.function_name(contracts.CHANGE_STEP)
 @bp.activity_trigger(input_name="request")
-def change_step_activity(request: dict) -> dict:
+def run_change_step(request: dict) -> dict:
     """One step of a change, once; backend errors become the step's error, not a crash."""
-    services = get_services()
-    try:
-        return run_step(services, get_scaler(services), request["step"], request["spec"],
-                        request.get("operation"))
-    except Throttled as exc:
-        return {"done": False, "operation": request.get("operation"),
-                "retryAfter": exc.retry_after or 30, "error": ""}
-    except (BackendError, RegistryError) as exc:
-        return {"done": True, "operation": None, "error": str(exc)}
+    return change_step(get_services(), request)
 
 
+@bp.function_name(contracts.RECORD_CHANGE)
 @bp.activity_trigger(input_name="change")
-def record_change_activity(change: dict) -> dict:
+def record_pool_change(change: dict) -> dict:
     record_change(get_services(), change)
     return {"changeId": change["changeId"], "status": change["status"]}

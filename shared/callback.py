@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any
 
 from shared.api import ApiError, bad_request, field, not_found, parse_json_body, require_object
+from shared.contracts import STEP_STATUSES, StepResult, done_event_name
 from shared.jobs import JobNotFound
 from shared.naming import BlobNameError, check_blob_name
-from shared.pipeline import done_event_name
 from shared.pool.registry import UnknownVm, VmRecord
 from shared.services import Services
 from shared.workitem import verify
@@ -28,7 +27,7 @@ class DoneEvent:
 
     instance_id: str
     event_name: str
-    payload: dict[str, Any]
+    payload: StepResult
     repeat: bool
     job_id: str
     step: int
@@ -75,7 +74,7 @@ def check_done(services: Services, vm: str, job_id: str, body: bytes,
     attempt = field(data, "attempt", int)
     token = field(data, "token", str)
     status = field(data, "status", str)
-    if status not in ("succeeded", "failed"):
+    if status not in STEP_STATUSES:
         raise bad_request("field 'status' must be 'succeeded' or 'failed'")
     output = field(data, "output", str, required=False, default="")
     exit_code = field(data, "exitCode", int, required=False)
@@ -107,7 +106,7 @@ def check_done(services: Services, vm: str, job_id: str, body: bytes,
     if claim is None or claim.vm != vm:
         raise ApiError(403, "NotClaimed",
                        f"step {step} attempt {attempt} is not claimed by VM '{vm}'")
-    payload = {"status": status, "vm": vm, "exitCode": exit_code,
+    payload: StepResult = {"status": status, "vm": vm, "exitCode": exit_code,
                "error": error[-MAX_ERROR_CHARS:], "output": output, **numbers}
     return DoneEvent(item.instance_id, done_event_name(step, attempt), payload, acknowledged,
                      job_id, step, attempt, etag)

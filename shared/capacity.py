@@ -1,49 +1,24 @@
 """Capacity on demand: run the pool policy on every event (work issued, job finished, VM
-idle) and on the backstop timer, through one scaler per process.
+idle) and on the backstop timer, through the process's one scaler (`Services.scaler`).
 """
 from __future__ import annotations
 
 import logging
-import threading
-from datetime import datetime, timezone
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared.pool.scaler import Scaler, sync_members
 from shared.services import Services
 
 log = logging.getLogger(__name__)
-ARRIVAL_WINDOW_S = 600.0  # the policy's arrival-rate window
-_lock = threading.Lock()
-_scalers: dict[int, Scaler] = {}
-
-
-def _scaler(services: Services) -> Scaler:
-    """The process's scaler; pool members from `POOL_VMS` are synced when it is built."""
-    with _lock:
-        scaler = _scalers.get(id(services))
-        if scaler is None:
-            scaler = Scaler.from_settings(services.settings, services.connection)
-            scaler.arrival_times = lambda now: services.log.times(
-                "work.issued", datetime.fromtimestamp(now - ARRIVAL_WINDOW_S, timezone.utc))
-            sync_members(scaler.registry, services.settings.pool_vms,
-                         services.settings.vm_slots, scaler.backend)
-            _scalers[id(services)] = scaler
-        return scaler
-
-
-def get_scaler(services: Services) -> Scaler:
-    return _scaler(services)
 
 
 def request_capacity(services: Services, reason: str) -> dict[str, Any]:
     """One scaler pass. On the timer, also hand the claims of silent VMs back to the queue."""
-    scaler = _scaler(services)
+    scaler = services.scaler
     abandoned = []
     if reason == "timer":
-        sync_members(scaler.registry, services.settings.pool_vms, services.settings.vm_slots,
-                     scaler.backend)
+        services.sync_members(scaler)
         for claim in services.claims.abandon_stale():
             abandoned.append(f"{claim.job_id}/{claim.step_key}")
             try:
@@ -73,7 +48,7 @@ def poison_count(services: Services) -> int:
 
 def pool_status(services: Services) -> dict[str, Any]:
     """`GET /api/pool`: every VM with its state and load, and the backlog."""
-    scaler = _scaler(services)
+    scaler = services.scaler
     vms = []
     for rec in scaler.registry.list():
         vms.append({"name": rec.name, "state": rec.state.value, "slots": rec.slots,

@@ -11,30 +11,44 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from azure.data.tables import UpdateMode
 
 from shared.api import ApiError, bad_request, conflict, field, not_found
+from shared.clock import utcnow
+from shared.contracts import (
+    CHANGE_PLANS,
+    CHANGE_TYPES,
+    DONE,
+    PENDING,
+    POWER_REQUESTED,
+    ChangeInput,
+    ChangeStep,
+    ChangeStepRequest,
+    ChangeStepResult,
+    is_valid_vm_name,
+    step_done,
+    step_pending,
+)
 from shared.paging import SortKey, equals_filter, page
-from shared.pool.backends.base import DEALLOCATED, RUNNING, STOPPED, Operation
-from shared.pool.members import is_valid_vm_name
-from shared.pool.registry import UnknownVm, VmState
+from shared.pool.backends.base import (
+    DEALLOCATED,
+    RUNNING,
+    STOPPED,
+    BackendError,
+    Operation,
+    Throttled,
+)
+from shared.pool.registry import RegistryError, UnknownVm, VmState
 from shared.pool.scaler import Scaler
 from shared.services import Services
 
-CHANGE_TYPES = ("pool.add", "pool.remove", "pool.start", "pool.stop")
 MAX_VMS_PER_CHANGE = 100
+THROTTLED_RETRY_S = 30.0  # when a throttled backend names no time to wait
 _SPEC_KEYS = {"size", "image", "subnetId", "publicIp", "adminUsername", "sshPublicKey", "slots"}
-
-# The steps each change type runs per VM, in order.
-PLANS: dict[str, tuple[str, ...]] = {
-    "pool.add": ("provision", "register"),
-    "pool.remove": ("drain", "wait_idle", "deallocate", "delete", "unregister"),
-    "pool.start": ("start",),
-    "pool.stop": ("drain", "wait_idle", "deallocate"),
-}
+PLANS = CHANGE_PLANS
 
 
 class StepFailed(RuntimeError):
@@ -48,11 +62,11 @@ class ChangeRequest:
     vms: tuple[str, ...]
     spec: dict[str, Any]
 
-    def steps(self) -> list[dict[str, Any]]:
-        return [{"vm": vm, "step": step, "status": "pending"}
+    def steps(self) -> list[ChangeStep]:
+        return [{"vm": vm, "step": step, "status": PENDING}
                 for vm in self.vms for step in PLANS[self.change_type]]
 
-    def to_input(self) -> dict[str, Any]:
+    def to_input(self) -> ChangeInput:
         return {"changeId": self.change_id, "changeType": self.change_type,
                 "vms": list(self.vms), "spec": self.spec, "steps": self.steps()}
 
@@ -94,9 +108,22 @@ def valid_change_id(change_id: str) -> bool:
     return bool(_CHANGE_ID.match(change_id))
 
 
-def run_step(services: Services, scaler: Scaler, step: dict[str, Any],
-             spec: dict[str, Any], operation: str | None) -> dict[str, Any]:
-    """Do (or poll) one step once. Returns {"done", "operation", "error"}.
+def change_step(services: Services, request: ChangeStepRequest) -> ChangeStepResult:
+    """`change_step_activity`: one step of a change, once; backend and registry errors become
+    the step's error (a throttled backend: poll again later), never a crashed activity."""
+    operation = request.get("operation")
+    try:
+        return run_step(services.scaler, request["step"], request["spec"], operation,
+                        default_slots=services.settings.vm_slots)
+    except Throttled as exc:
+        return step_pending(operation, exc.retry_after or THROTTLED_RETRY_S)
+    except (BackendError, RegistryError) as exc:
+        return step_done(str(exc))
+
+
+def run_step(scaler: Scaler, step: ChangeStep, spec: dict[str, Any], operation: str | None,
+             default_slots: int) -> ChangeStepResult:
+    """Do (or poll) one step once.
 
     Start and stop go through the scaler, so the pool row and the machine move together;
     provisioning and deletion are backend operations polled by handle.
@@ -107,16 +134,15 @@ def run_step(services: Services, scaler: Scaler, step: dict[str, Any],
         if operation is None:
             op = (backend.provision({**spec, "name": vm}) if kind == "provision"
                   else backend.delete(vm))
-            return {"done": False, "operation": op.to_json(), "error": ""}
+            return step_pending(op.to_json())
         status = backend.poll(Operation.from_json(operation))
         if not status.done:
-            return {"done": False, "operation": status.operation.to_json(), "error": ""}
-        return {"done": True, "operation": None,
-                "error": "" if status.succeeded else (status.error or status.status)}
+            return step_pending(status.operation.to_json())
+        return step_done("" if status.succeeded else (status.error or status.status))
     if kind == "register":
-        slots = int(spec.get("slots") or services.settings.vm_slots)
+        slots = int(spec.get("slots") or default_slots)
         registry.ensure_members([vm], slots)
-        return _done()
+        return step_done()
     if kind == "start":
         if operation is None:
             scaler.start(vm)
@@ -124,9 +150,9 @@ def run_step(services: Services, scaler: Scaler, step: dict[str, Any],
     if kind == "drain":
         if registry.get(vm).state not in (VmState.DEALLOCATED, VmState.FAILED):
             scaler.drain(vm)
-        return _done()
+        return step_done()
     if kind == "wait_idle":
-        return {"done": registry.get(vm).busy == 0, "operation": None, "error": ""}
+        return step_done() if registry.get(vm).busy == 0 else step_pending(None)
     if kind == "deallocate":
         if operation is None and registry.get(vm).state != VmState.DEALLOCATED:
             scaler.stop(vm)
@@ -136,38 +162,31 @@ def run_step(services: Services, scaler: Scaler, step: dict[str, Any],
             registry.remove_member(vm)
         except UnknownVm:
             pass
-        return _done()
+        return step_done()
     raise StepFailed(f"unknown step {kind!r}")
 
 
-def _done() -> dict[str, Any]:
-    return {"done": True, "operation": None, "error": ""}
-
-
-def _wait_power(scaler: Scaler, vm: str, wanted: str) -> dict[str, Any]:
+def _wait_power(scaler: Scaler, vm: str, wanted: str) -> ChangeStepResult:
     """Done once the machine reports `wanted`; a failed row ends the step with its reason."""
     record = scaler.registry.get(vm)
     if record.state == VmState.FAILED:
-        return {"done": True, "operation": None, "error": record.reason or "VM failed"}
+        return step_done(record.reason or "VM failed")
     power = scaler.backend.power_state(vm)
     if power == wanted or (wanted == DEALLOCATED and power == STOPPED):
         if wanted == DEALLOCATED and record.state == VmState.DEALLOCATING:
             scaler.registry.transition(vm, VmState.DEALLOCATED, [VmState.DEALLOCATING])
-        return _done()
-    return {"done": False, "operation": "waiting", "error": ""}
+        return step_done()
+    return step_pending(POWER_REQUESTED)
 
 
-CHANGE_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
-
-
-def record_change(services: Services, change: dict[str, Any]) -> None:
+def record_change(services: Services, change: ChangeInput) -> None:
     """Merge the change's row so it can be listed after its orchestration is purged."""
     steps = change.get("steps", [])
-    now = datetime.now(timezone.utc)
+    now = utcnow()
     entity = {
         "PartitionKey": change["changeId"], "RowKey": "change",
         "changeType": change["changeType"], "status": change.get("status", "running"),
-        "progress": f"{sum(1 for s in steps if s['status'] == 'done')}/{len(steps)}",
+        "progress": f"{sum(1 for s in steps if s['status'] == DONE)}/{len(steps)}",
         "vms": ",".join(change["vms"]), "error": change.get("error", "")[:8000],
         "updatedAt": now}
     if change.get("status") == "pending":

@@ -9,10 +9,9 @@ lost. Row: PartitionKey = job id, RowKey = `step-attempt` (see `WorkItem.step_ke
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import (
     ResourceExistsError,
     ResourceModifiedError,
@@ -20,6 +19,8 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, UpdateMode
 
+from shared.clock import utcnow
+from shared.conditional import LookAgain, retry_on_conflict, update_if_unchanged
 from shared.workitem import WorkItem
 
 CLAIMED, DONE, FAILED, ABANDONED = "claimed", "done", "failed", "abandoned"
@@ -48,10 +49,6 @@ class AlreadyFinished(ClaimError):
 
 class ClaimLost(ClaimError):
     """The caller no longer holds the claim (taken over or finished elsewhere)."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass
@@ -98,7 +95,8 @@ class ClaimStore:
         entity = {"PartitionKey": item.job_id, "RowKey": item.step_key, "vm": vm,
                   "state": CLAIMED, "instanceId": item.instance_id, "claimedAt": now,
                   "heartbeatAt": now}
-        for _ in range(10):
+
+        def attempt() -> Claim:
             try:
                 self.table.create_entity(entity)
                 return self.get(item.job_id, item.step_key) or Claim.from_entity(entity)
@@ -106,7 +104,7 @@ class ClaimStore:
                 pass
             current = self.get(item.job_id, item.step_key)
             if current is None:
-                continue  # deleted between the two calls; try the insert again
+                raise LookAgain  # deleted between the two calls; try the insert again
             if current.state in (DONE, FAILED):
                 raise AlreadyFinished(current.state)
             if current.vm == vm and current.state == CLAIMED:
@@ -115,13 +113,10 @@ class ClaimStore:
             if (current.state == CLAIMED and beat is not None
                     and now - beat < self.stale_after):
                 raise AlreadyClaimed(current.vm)
-            try:
-                self.table.update_entity(entity, mode=UpdateMode.REPLACE, etag=current.etag,
-                                         match_condition=MatchConditions.IfNotModified)
-                return self.get(item.job_id, item.step_key) or Claim.from_entity(entity)
-            except ResourceModifiedError:
-                continue  # someone else moved first; look again
-        raise AlreadyClaimed("unknown (contention)")
+            update_if_unchanged(self.table, entity, current.etag, UpdateMode.REPLACE)
+            return self.get(item.job_id, item.step_key) or Claim.from_entity(entity)
+
+        return retry_on_conflict(attempt, lambda: AlreadyClaimed("unknown (contention)"))
 
     def heartbeat(self, item: WorkItem, vm: str, now: datetime | None = None) -> None:
         """Refresh the holder's heartbeat; raise `ClaimLost` if `vm` no longer holds it."""
@@ -129,11 +124,8 @@ class ClaimStore:
         if current is None or current.vm != vm or current.state != CLAIMED:
             raise ClaimLost(f"{vm} does not hold {item.job_id}/{item.step_key}")
         try:
-            self.table.update_entity(
-                {"PartitionKey": item.job_id, "RowKey": item.step_key,
-                 "heartbeatAt": now or utcnow()},
-                mode=UpdateMode.MERGE, etag=current.etag,
-                match_condition=MatchConditions.IfNotModified)
+            update_if_unchanged(self.table, {"PartitionKey": item.job_id, "RowKey": item.step_key,
+                                             "heartbeatAt": now or utcnow()}, current.etag)
         except ResourceModifiedError:
             raise ClaimLost(f"{item.job_id}/{item.step_key} changed under {vm}") from None
 
@@ -142,7 +134,8 @@ class ClaimStore:
         """Mark the attempt finished by its holder. Repeating the same finish is harmless."""
         if state not in FINISHED_STATES:
             raise ValueError(f"not a finished state: {state}")
-        for _ in range(10):
+
+        def attempt() -> Claim:
             current = self.get(job_id, step_key)
             if current is None or current.vm != vm:
                 raise ClaimLost(f"{vm} does not hold {job_id}/{step_key}")
@@ -150,15 +143,13 @@ class ClaimStore:
                 if current.state == state:
                     return current
                 raise AlreadyFinished(current.state)
-            update = {"PartitionKey": job_id, "RowKey": step_key, "state": state,
-                      "finishedAt": now or utcnow(), **(outcome or {})}
-            try:
-                self.table.update_entity(update, mode=UpdateMode.MERGE, etag=current.etag,
-                                         match_condition=MatchConditions.IfNotModified)
-                return self.get(job_id, step_key) or current
-            except ResourceModifiedError:
-                continue
-        raise ClaimLost(f"{job_id}/{step_key}: too much contention")
+            update_if_unchanged(self.table, {"PartitionKey": job_id, "RowKey": step_key,
+                                             "state": state, "finishedAt": now or utcnow(),
+                                             **(outcome or {})}, current.etag)
+            return self.get(job_id, step_key) or current
+
+        return retry_on_conflict(
+            attempt, lambda: ClaimLost(f"{job_id}/{step_key}: too much contention"))
 
     def active(self) -> list[Claim]:
         """Claims still being worked on (for the scaler: busy VMs and stale holders)."""
@@ -177,11 +168,9 @@ class ClaimStore:
             if beat is None or now - beat < self.stale_after:
                 continue
             try:
-                self.table.update_entity(
-                    {"PartitionKey": claim.job_id, "RowKey": claim.step_key, "state": ABANDONED,
-                     "finishedAt": now},
-                    mode=UpdateMode.MERGE, etag=claim.etag,
-                    match_condition=MatchConditions.IfNotModified)
+                update_if_unchanged(self.table, {"PartitionKey": claim.job_id,
+                                                 "RowKey": claim.step_key, "state": ABANDONED,
+                                                 "finishedAt": now}, claim.etag)
                 abandoned.append(claim)
             except (ResourceModifiedError, ResourceNotFoundError):
                 continue

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from azure.data.tables import TableClient
 
+from shared.clock import utcnow
+
 _MAX_TICKS = 10**19
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class EventLog:

@@ -17,10 +17,9 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import (
     ResourceExistsError,
     ResourceModifiedError,
@@ -29,6 +28,13 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, UpdateMode
 
 from shared.api import ApiError, bad_request
+from shared.clock import utcnow
+from shared.conditional import (
+    LookAgain,
+    delete_if_unchanged,
+    retry_on_conflict,
+    update_if_unchanged,
+)
 
 HEADER = "Idempotency-Key"
 BODY_FIELD = "requestId"
@@ -38,10 +44,6 @@ PENDING, DONE = "pending", "done"
 PENDING_TAKEOVER = timedelta(seconds=120)
 MAX_STORED_ANSWER = 30_000  # characters; a table property holds at most 64 KiB of UTF-16
 _KEY_RE = re.compile(r"^[A-Za-z0-9._:~-]{1,200}$")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def request_key(headers: dict[str, str], data: dict[str, Any]) -> str | None:
@@ -105,7 +107,8 @@ class IdempotencyStore:
         now = now or utcnow()
         entity = {"PartitionKey": scope, "RowKey": key, "state": PENDING,
                   "fingerprint": fingerprint, "createdAt": now}
-        for _ in range(5):
+
+        def attempt() -> Replay | Reservation:
             try:
                 meta = self.table.create_entity(entity)
                 return Reservation(scope, key, meta.get("etag", ""))
@@ -114,7 +117,7 @@ class IdempotencyStore:
             try:
                 row = self.table.get_entity(scope, key)
             except ResourceNotFoundError:
-                continue  # released between the two calls
+                raise LookAgain from None  # released between the two calls
             created = row.get("createdAt") or now
             expired = now - created > self.retention
             stale = row.get("state") == PENDING and now - created > PENDING_TAKEOVER
@@ -129,30 +132,28 @@ class IdempotencyStore:
                                f"a request with idempotency key '{key}' is still in progress; "
                                "retry shortly")
             try:
-                meta = self.table.update_entity(entity, mode=UpdateMode.REPLACE,
-                                                etag=row.metadata["etag"],
-                                                match_condition=MatchConditions.IfNotModified)
-                return Reservation(scope, key, meta.get("etag", ""))
-            except (ResourceModifiedError, ResourceNotFoundError):
-                continue
-        raise ApiError(409, "RequestInProgress",
-                       f"idempotency key '{key}' is contended; retry shortly")
+                meta = update_if_unchanged(self.table, entity, row.metadata["etag"],
+                                           UpdateMode.REPLACE)
+            except ResourceNotFoundError:
+                raise LookAgain from None
+            return Reservation(scope, key, meta.get("etag", ""))
+
+        return retry_on_conflict(attempt, lambda: ApiError(
+            409, "RequestInProgress", f"idempotency key '{key}' is contended; retry shortly"))
 
     def complete(self, reservation: Reservation, status: int, answer: dict[str, Any]) -> None:
         text = json.dumps(answer, default=str)
         if len(text) > MAX_STORED_ANSWER:
             text = json.dumps({k: v for k, v in answer.items() if k.endswith("Id")})
-        self.table.update_entity(
-            {"PartitionKey": reservation.scope, "RowKey": reservation.key, "state": DONE,
-             "status": status, "answer": text, "completedAt": utcnow()},
-            mode=UpdateMode.MERGE, etag=reservation.etag,
-            match_condition=MatchConditions.IfNotModified)
+        update_if_unchanged(
+            self.table, {"PartitionKey": reservation.scope, "RowKey": reservation.key,
+                         "state": DONE, "status": status, "answer": text,
+                         "completedAt": utcnow()}, reservation.etag)
 
     def release(self, reservation: Reservation) -> None:
         """Forget a reservation whose request failed; nothing was started under it."""
         try:
-            self.table.delete_entity(reservation.scope, reservation.key, etag=reservation.etag,
-                                     match_condition=MatchConditions.IfNotModified)
+            delete_if_unchanged(self.table, reservation.scope, reservation.key, reservation.etag)
         except (ResourceModifiedError, ResourceNotFoundError):
             pass
 

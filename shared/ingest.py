@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 from cronsim import CronSim
 
+from shared.contracts import FileJob, RunInput, file_job_input, run_input
 from shared.naming import BlobNameError, check_blob_name, run_instance_id
-from shared.orchestrations import file_job_input
 from shared.pipeline import FileRef
 from shared.services import Services
 
@@ -22,17 +21,15 @@ def scheduled_time(schedule: str, now: datetime) -> datetime:
     return next(CronSim(schedule, now + timedelta(seconds=1), reverse=True))
 
 
-def run_input_for_tick(services: Services, now: datetime) -> tuple[str, dict[str, Any]]:
+def run_input_for_tick(services: Services, now: datetime) -> tuple[str, RunInput]:
     s = services.settings
     when = scheduled_time(s.collect_schedule, now)
     run_id = run_instance_id(when)
-    return run_id, {"runId": run_id, "source": s.collect_source,
-                    "scheduledAt": when.isoformat(), "container": s.data_container,
-                    "jobTemplate": file_job_input(s, s.data_container, "", "")}
+    return run_id, run_input(s, run_id, source=s.collect_source, scheduled_at=when.isoformat())
 
 
 def file_start_for_blob(services: Services, container: str, name: str
-                        ) -> tuple[str, dict[str, Any]] | None:
+                        ) -> tuple[str, FileJob] | None:
     """(instance id, input) for a new blob, or None when the blob is not ours to start:
     it carries `run_id` (its run owns it), it is gone, or its name is hostile."""
     try:

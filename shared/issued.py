@@ -6,12 +6,11 @@ so a repeated callback is a no-op.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import TableClient
 
+from shared.clock import utcnow
+from shared.conditional import update_if_unchanged
 from shared.workitem import WorkItem
 
 
@@ -30,7 +29,7 @@ class IssuedItems:
                 "PartitionKey": item.job_id, "RowKey": _row_key(item.step, item.attempt),
                 "instanceId": item.instance_id, "step": item.step, "action": item.action,
                 "blob": item.blob, "attempt": item.attempt,
-                "issuedAt": datetime.now(timezone.utc)})
+                "issuedAt": utcnow()})
         except ResourceExistsError:
             pass
 
@@ -47,10 +46,9 @@ class IssuedItems:
     def acknowledge(self, job_id: str, step: int, attempt: int, etag: str, vm: str) -> bool:
         """Mark the first accepted callback; False if another request acknowledged first."""
         try:
-            self.table.update_entity(
-                {"PartitionKey": job_id, "RowKey": _row_key(step, attempt),
-                 "ackedAt": datetime.now(timezone.utc), "ackedBy": vm},
-                mode=UpdateMode.MERGE, etag=etag, match_condition=MatchConditions.IfNotModified)
+            update_if_unchanged(self.table, {"PartitionKey": job_id,
+                                             "RowKey": _row_key(step, attempt),
+                                             "ackedAt": utcnow(), "ackedBy": vm}, etag)
             return True
         except ResourceModifiedError:
             return False

@@ -10,18 +10,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import (
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
-from azure.data.tables import TableClient, UpdateMode
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableClient
 
+from shared.clock import utcnow
+from shared.conditional import retry_on_conflict, update_if_unchanged
+from shared.contracts import FAILED, JOB_STATUSES, QUEUED, RUNNING, SUCCEEDED
 from shared.paging import SortKey, equals_filter, page
 
-QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
-STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED)
+STATUSES = JOB_STATUSES
 FINISHED = (SUCCEEDED, FAILED)
 ROW = "job"
 
@@ -30,10 +27,6 @@ class JobNotFound(KeyError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id!r} not found")
         self.job_id = job_id
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass
@@ -119,18 +112,16 @@ class JobStore:
         return self.get(job_id)
 
     def _update(self, job_id: str, changes: dict[str, Any], allow_finished: bool) -> Job:
-        for _ in range(20):
+        def attempt() -> Job:
             job = self.get(job_id)
             if job.status in FINISHED and not allow_finished:
                 return job
-            try:
-                self.table.update_entity({"PartitionKey": job_id, "RowKey": ROW, **changes},
-                                         mode=UpdateMode.MERGE, etag=job.etag,
-                                         match_condition=MatchConditions.IfNotModified)
-                return self.get(job_id)
-            except ResourceModifiedError:
-                continue
-        raise RuntimeError(f"job {job_id}: too much write contention")
+            update_if_unchanged(self.table, {"PartitionKey": job_id, "RowKey": ROW, **changes},
+                                job.etag)
+            return self.get(job_id)
+
+        return retry_on_conflict(
+            attempt, lambda: RuntimeError(f"job {job_id}: too much write contention"))
 
     def record_attempt(self, job_id: str, step: int, attempt: int,
                        now: datetime | None = None) -> Job:
@@ -141,11 +132,6 @@ class JobStore:
         if job.started_at is None:
             changes["startedAt"] = now or utcnow()
         return self._update(job_id, changes, allow_finished=False)
-
-    def record_step_done(self, job_id: str, vm: str, bytes_in: int, bytes_out: int,
-                         output: str) -> Job:
-        return self._update(job_id, {"vm": vm, "bytesIn": bytes_in, "bytesOut": bytes_out,
-                                     "output": output}, allow_finished=False)
 
     def record_finished(self, job_id: str, status: str, *, vm: str = "", bytes_in: int = 0,
                         bytes_out: int = 0, output: str = "", error: str = "",

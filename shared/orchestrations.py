@@ -8,12 +8,37 @@ alters an instance that is already running.
 from __future__ import annotations
 
 from collections.abc import Generator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import azure.durable_functions as df
 
-from shared.settings import Settings
+from shared.contracts import (
+    CHANGE_STEP,
+    COLLECT_DATA,
+    COMPLETED,
+    DONE,
+    FAILED,
+    FINISH_JOB,
+    ISSUE_WORK_ITEM,
+    LIST_FILES,
+    PROCESS_FILE,
+    RECORD_CHANGE,
+    RECORD_RUN,
+    REQUEST_CAPACITY,
+    RUNNING,
+    START_JOB,
+    SUCCEEDED,
+    ChangeInput,
+    ChangeStepRequest,
+    FileJob,
+    IssuedWork,
+    JobOutcome,
+    RunInput,
+    RunSummary,
+    StepResult,
+    WorkRequest,
+)
 
 RUN_CHUNK = 50  # sub-orchestrations per generation of process_run (bounds its history)
 # Orchestration versions this code can replay. host.json's `defaultVersion` stamps new
@@ -36,28 +61,19 @@ def check_version(context: df.DurableOrchestrationContext) -> str:
     return version
 
 
-def file_job_input(settings: Settings, container: str, blob: str, instance_id: str,
-                   run_id: str = "") -> dict[str, Any]:
-    """Everything `process_file` needs, fixed at start."""
-    return {"jobId": instance_id, "instanceId": instance_id, "container": container,
-            "blob": blob, "runId": run_id, "actions": list(settings.pipeline_actions),
-            "maxAttempts": settings.max_attempts, "timeoutS": settings.job_timeout_seconds,
-            "backoffS": settings.retry_backoff_seconds}
-
-
 def process_file(context: df.DurableOrchestrationContext) -> Generator[Any, Any, dict]:
     """One file through every action: work item, capacity, done-or-timeout, bounded retries."""
     check_version(context)
-    job = context.get_input()
-    yield context.call_activity_with_retry("start_job_activity", ACTIVITY_RETRY, job)
+    job: FileJob = context.get_input()
+    yield context.call_activity_with_retry(START_JOB, ACTIVITY_RETRY, job)
     blob = f"{job['container']}/{job['blob']}"
-    outcome: dict[str, Any] = {"jobId": job["jobId"], "status": "succeeded", "error": "",
-                               "bytesIn": 0, "bytesOut": 0, "output": "", "vm": ""}
+    outcome: JobOutcome = {"jobId": job["jobId"], "status": SUCCEEDED, "error": "",
+                           "bytesIn": 0, "bytesOut": 0, "output": "", "vm": ""}
     try:
         for step, action in enumerate(job["actions"]):
             result = yield from _run_step(context, job, step, action, blob)
-            if result.get("status") != "succeeded":
-                outcome.update(status="failed", error=result.get("error") or "step failed",
+            if result.get("status") != SUCCEEDED:
+                outcome.update(status=FAILED, error=result.get("error") or "step failed",
                                vm=result.get("vm", ""))
                 break
             if step == 0:
@@ -66,10 +82,9 @@ def process_file(context: df.DurableOrchestrationContext) -> Generator[Any, Any,
                            output=result.get("output") or "", vm=result.get("vm", ""))
             blob = outcome["output"] or blob  # the next step consumes this step's output
     except Exception as exc:  # noqa: BLE001 - an activity gave up: record, don't strand the job
-        outcome.update(status="failed", error=f"pipeline error: {exc}"[:2000])
+        outcome.update(status=FAILED, error=f"pipeline error: {exc}"[:2000])
     context.set_custom_status({"state": "recording", "status": outcome["status"]})
-    recorded = yield context.call_activity_with_retry("finish_job_activity", ACTIVITY_RETRY,
-                                                      outcome)
+    recorded = yield context.call_activity_with_retry(FINISH_JOB, ACTIVITY_RETRY, outcome)
     yield from _request_capacity(context, "job finished")
     return {**outcome, "durationMs": recorded.get("durationMs", 0)}
 
@@ -78,21 +93,22 @@ def _request_capacity(context: df.DurableOrchestrationContext,
                       reason: str) -> Generator[Any, Any, None]:
     """Ask the scaler for a pass; a failure only delays capacity (the timer is the backstop)."""
     try:
-        yield context.call_activity("request_capacity_activity", {"reason": reason})
+        yield context.call_activity(REQUEST_CAPACITY, {"reason": reason})
     except Exception:  # noqa: BLE001, S110 - the scaler timer evaluates again shortly
         pass
 
 
-def _run_step(context: df.DurableOrchestrationContext, job: dict[str, Any], step: int,
-              action: str, blob: str) -> Generator[Any, Any, dict]:
+def _run_step(context: df.DurableOrchestrationContext, job: FileJob, step: int,
+              action: str, blob: str) -> Generator[Any, Any, StepResult | dict]:
     error = ""
     for attempt in range(1, int(job["maxAttempts"]) + 1):
         context.set_custom_status({"state": "waiting", "step": step, "action": action,
                                    "attempt": attempt})
-        issued = yield context.call_activity_with_retry(
-            "issue_work_item_activity", ACTIVITY_RETRY,
-            {"jobId": job["jobId"], "instanceId": context.instance_id, "step": step,
-             "action": action, "blob": blob, "attempt": attempt})
+        request: WorkRequest = {"jobId": job["jobId"], "instanceId": context.instance_id,
+                                "step": step, "action": action, "blob": blob,
+                                "attempt": attempt}
+        issued: IssuedWork = yield context.call_activity_with_retry(
+            ISSUE_WORK_ITEM, ACTIVITY_RETRY, request)
         yield from _request_capacity(context, "work issued")
         deadline = context.current_utc_datetime + timedelta(seconds=int(job["timeoutS"]))
         done = context.wait_for_external_event(issued["eventName"])
@@ -102,7 +118,7 @@ def _run_step(context: df.DurableOrchestrationContext, job: dict[str, Any], step
             if not timer.is_completed:
                 timer.cancel()
             result = done.result if isinstance(done.result, dict) else {}
-            if result.get("status") == "succeeded":
+            if result.get("status") == SUCCEEDED:
                 return result
             error = result.get("error") or f"exit code {result.get('exitCode')}"
         else:
@@ -110,28 +126,25 @@ def _run_step(context: df.DurableOrchestrationContext, job: dict[str, Any], step
         if attempt < int(job["maxAttempts"]):
             backoff = float(job["backoffS"]) * (2 ** (attempt - 1))
             yield context.create_timer(context.current_utc_datetime + timedelta(seconds=backoff))
-    return {"status": "failed", "error": error}
+    return {"status": FAILED, "error": error}
 
 
 def process_run(context: df.DurableOrchestrationContext) -> Generator[Any, Any, dict]:
     """A batch: collect or list files, fan out `process_file` in chunks, fan in a summary."""
     check_version(context)
-    run = context.get_input()
+    run: RunInput = context.get_input()
     if "files" not in run:
-        if run.get("source"):
-            files = yield context.call_activity_with_retry("collect_data_activity",
-                                                           ACTIVITY_RETRY, run)
-        else:
-            files = yield context.call_activity_with_retry("list_files_activity",
-                                                           ACTIVITY_RETRY, run)
+        files = yield context.call_activity_with_retry(
+            COLLECT_DATA if run.get("source") else LIST_FILES, ACTIVITY_RETRY, run)
         run = {**run, "files": files, "offset": 0, "startedAt":
                context.current_utc_datetime.isoformat(),
                "summary": {"files": len(files), "succeeded": 0, "failed": 0, "bytesIn": 0,
                            "bytesOut": 0}}
-        yield context.call_activity_with_retry("record_run_activity", ACTIVITY_RETRY, {
-            **run["summary"], "runId": run["runId"], "status": "running",
+        yield context.call_activity_with_retry(RECORD_RUN, ACTIVITY_RETRY, {
+            **run["summary"], "runId": run["runId"], "status": RUNNING,
             "startedAt": run["startedAt"]})
-    files, offset, summary = run["files"], run["offset"], dict(run["summary"])
+    files, offset = run["files"], run["offset"]
+    summary: RunSummary = dict(run["summary"])  # type: ignore[assignment]
     chunk = files[offset:offset + RUN_CHUNK]
     context.set_custom_status({"state": "processing", "done": offset, "files": len(files)})
     tasks = []
@@ -139,13 +152,13 @@ def process_run(context: df.DurableOrchestrationContext) -> Generator[Any, Any, 
         # Own ids per run, so a run over blobs the blob trigger already saw cannot collide.
         instance_id = f"{run['runId']}-{f['instanceId'].removeprefix('file-')[:24]}"
         tasks.append(context.call_sub_orchestrator(
-            "process_file", {**run["jobTemplate"], "jobId": instance_id,
+            PROCESS_FILE, {**run["jobTemplate"], "jobId": instance_id,
                              "instanceId": instance_id, "container": f["container"],
                              "blob": f["name"], "runId": run["runId"]},
             instance_id=instance_id))
     results = (yield context.task_all(tasks)) if tasks else []
     for result in results:
-        key = "succeeded" if result.get("status") == "succeeded" else "failed"
+        key = SUCCEEDED if result.get("status") == SUCCEEDED else FAILED
         summary[key] += 1
         summary["bytesIn"] += int(result.get("bytesIn") or 0)
         summary["bytesOut"] += int(result.get("bytesOut") or 0)
@@ -154,13 +167,11 @@ def process_run(context: df.DurableOrchestrationContext) -> Generator[Any, Any, 
         context.continue_as_new({**run, "offset": offset, "summary": summary})
         return {}
     finished = context.current_utc_datetime
-    from datetime import datetime  # noqa: PLC0415 - parsing only, no clock
-
-    started = datetime.fromisoformat(run["startedAt"])
-    summary.update(runId=run["runId"], status="completed", startedAt=run["startedAt"],
+    started = datetime.fromisoformat(run["startedAt"])  # parsing only; no clock is read
+    summary.update(runId=run["runId"], status=COMPLETED, startedAt=run["startedAt"],
                    finishedAt=finished.isoformat(),
                    durationS=round((finished - started).total_seconds(), 3))
-    yield context.call_activity_with_retry("record_run_activity", ACTIVITY_RETRY, summary)
+    yield context.call_activity_with_retry(RECORD_RUN, ACTIVITY_RETRY, summary)
     context.set_custom_status({"state": "completed", "done": len(files), "files": len(files)})
     return summary
 
@@ -175,33 +186,34 @@ def pool_change(context: df.DurableOrchestrationContext) -> Generator[Any, Any, 
     `GET /api/changes/{id}` shows it while the change runs.
     """
     check_version(context)
-    change = context.get_input()
+    change: ChangeInput = context.get_input()
     steps = [dict(step) for step in change["steps"]]
-    change = {**change, "steps": steps, "status": "running", "error": ""}
+    change = {**change, "steps": steps, "status": RUNNING, "error": ""}
 
     def publish() -> None:
-        done = sum(1 for s in steps if s["status"] == "done")
+        done = sum(1 for s in steps if s["status"] == DONE)
         context.set_custom_status({"status": change["status"], "progress": f"{done}/{len(steps)}",
                                    "steps": steps, "error": change["error"]})
 
     for step in steps:
-        step["status"] = "running"
+        step["status"] = RUNNING
         publish()
-        request = {"step": step, "spec": change.get("spec") or {}, "operation": None}
-        result = yield context.call_activity("change_step_activity", request)
+        request: ChangeStepRequest = {"step": step, "spec": change.get("spec") or {},
+                                      "operation": None}
+        result = yield context.call_activity(CHANGE_STEP, request)
         while not result["done"]:
             wait = float(result.get("retryAfter") or CHANGE_POLL_SECONDS)
             yield context.create_timer(context.current_utc_datetime + timedelta(seconds=wait))
             result = yield context.call_activity(
-                "change_step_activity", {**request, "operation": result.get("operation")})
+                CHANGE_STEP, {**request, "operation": result.get("operation")})
         if result.get("error"):
-            step["status"] = "failed"
-            change.update(status="failed", error=f"{step['vm']} {step['step']}: "
+            step["status"] = FAILED
+            change.update(status=FAILED, error=f"{step['vm']} {step['step']}: "
                                                  f"{result['error']}")
             break
-        step["status"] = "done"
+        step["status"] = DONE
     else:
-        change["status"] = "succeeded"
+        change["status"] = SUCCEEDED
     publish()
-    yield context.call_activity_with_retry("record_change_activity", ACTIVITY_RETRY, change)
+    yield context.call_activity_with_retry(RECORD_CHANGE, ACTIVITY_RETRY, change)
     return change

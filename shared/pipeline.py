@@ -8,13 +8,26 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
 
-from shared.jobs import FAILED, SUCCEEDED
+from shared.clock import utcnow
+from shared.collectors import collect
+from shared.contracts import (
+    FAILED,
+    SUCCEEDED,
+    FileJob,
+    IssuedWork,
+    JobOutcome,
+    RunFile,
+    RunInput,
+    RunSummary,
+    WorkRequest,
+    done_event_name,
+)
 from shared.naming import check_blob_name, failed_error_name, file_instance_id
 from shared.paging import SortKey, equals_filter, page
 from shared.services import Services
@@ -47,7 +60,7 @@ def describe_blob(services: Services, container: str, name: str) -> FileRef:
 
 
 def list_files(services: Services, container: str, prefix: str | None = None,
-               names: list[str] | None = None, limit: int = 100_000) -> list[dict[str, Any]]:
+               names: list[str] | None = None, limit: int = 100_000) -> list[RunFile]:
     """Blobs a run covers: an explicit list (missing ones skipped) or everything under a prefix."""
     refs: list[FileRef] = []
     if names is not None:
@@ -65,7 +78,13 @@ def list_files(services: Services, container: str, prefix: str | None = None,
     return [{**asdict(ref), "instanceId": ref.instance_id} for ref in refs]
 
 
-def start_job(services: Services, job: dict[str, Any]) -> dict[str, Any]:
+def collect_files(services: Services, run: RunInput) -> list[RunFile]:
+    """Run the collector named by the run's `source`, then list what it wrote."""
+    written = collect(run["source"], run["runId"], utcnow(), services.blobs, run["container"])
+    return list_files(services, run["container"], names=[f.name for f in written])
+
+
+def start_job(services: Services, job: FileJob) -> dict[str, Any]:
     row = services.jobs.record_queued(job["jobId"], job["instanceId"], job["container"],
                                       job["blob"], tuple(job["actions"]), job.get("runId", ""))
     if row.attempts == 0:
@@ -74,7 +93,7 @@ def start_job(services: Services, job: dict[str, Any]) -> dict[str, Any]:
     return row.to_api()
 
 
-def issue_work_item(services: Services, request: dict[str, Any]) -> dict[str, Any]:
+def issue_work_item(services: Services, request: WorkRequest) -> IssuedWork:
     """Sign and enqueue one attempt of one step; record the attempt on the job."""
     item = WorkItem(job_id=request["jobId"], instance_id=request["instanceId"],
                     step=request["step"], action=request["action"], blob=request["blob"],
@@ -88,12 +107,7 @@ def issue_work_item(services: Services, request: dict[str, Any]) -> dict[str, An
             "eventName": done_event_name(item.step, item.attempt)}
 
 
-def done_event_name(step: int, attempt: int) -> str:
-    """Each attempt waits on its own event, so a late answer to an old attempt is ignored."""
-    return f"done-{step}-{attempt}"
-
-
-def finish_job(services: Services, outcome: dict[str, Any]) -> dict[str, Any]:
+def finish_job(services: Services, outcome: JobOutcome) -> dict[str, Any]:
     """Record the job's result, then archive or delete the original (or move it to failed/)."""
     s = services.settings
     status = SUCCEEDED if outcome["status"] == SUCCEEDED else FAILED
@@ -108,7 +122,7 @@ def finish_job(services: Services, outcome: dict[str, Any]) -> dict[str, Any]:
         services.blobs.get_blob_client(s.failed_container, failed_error_name(name)).upload_blob(
             json.dumps({"jobId": job.job_id, "error": outcome.get("error") or job.error,
                         "attempts": job.attempts,
-                        "at": datetime.now(timezone.utc).isoformat()}).encode(),
+                        "at": utcnow().isoformat()}).encode(),
             overwrite=True)
     elif s.keep_originals:
         _copy_then_delete(services, source, s.archive_container, name)
@@ -152,14 +166,9 @@ def _delete_if_exists(client: Any) -> None:
         pass
 
 
-RUN_STATUSES = ("running", "completed", "cancelled")
-
-
-def record_run(services: Services, summary: dict[str, Any]) -> dict[str, Any]:
+def record_run(services: Services, summary: RunSummary) -> RunSummary:
     """Merge the run's summary into its row (`tblrun`): written when the run has listed its
     files (status running) and when it ends; a merge keeps fields others wrote (a cancel)."""
-    from azure.data.tables import UpdateMode  # noqa: PLC0415
-
     entity = {"PartitionKey": summary["runId"], "RowKey": "run",
               **{k: v for k, v in summary.items() if k != "runId" and v is not None}}
     services.table(services.settings.run_table).upsert_entity(entity, mode=UpdateMode.MERGE)

@@ -1,15 +1,18 @@
-"""One place that builds the storage clients a process needs, once.
+"""The one place that builds what a process works with: storage clients, stores, the scaler.
 
 Functions run many invocations per process; building SDK clients (and their HTTP pipelines)
-per call wastes time and connections, so they are built lazily and reused.
+per call wastes time and connections, so they are built lazily, once, and reused. Everything
+else takes them from here, so the pool registry a change is validated against is the one the
+scaler then changes.
 """
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient
@@ -21,13 +24,13 @@ from shared.eventlog import EventLog
 from shared.idempotency import IdempotencyStore
 from shared.issued import IssuedItems
 from shared.jobs import JobStore
+from shared.pool.registry import PoolRegistry
+from shared.pool.scaler import Scaler, sync_members
 from shared.settings import Settings
 from shared.storage import StorageConnection, ensure_resources
 
-if TYPE_CHECKING:
-    from shared.pool.registry import PoolRegistry
-
 log = logging.getLogger(__name__)
+ARRIVAL_WINDOW_S = 600.0  # the policy's arrival-rate window
 
 
 @dataclass
@@ -35,6 +38,8 @@ class Services:
     settings: Settings
     connection: StorageConnection
     _tables: dict[str, TableClient] = field(default_factory=dict, repr=False)
+    _scaler: Scaler | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Services:
@@ -68,8 +73,6 @@ class Services:
 
     @cached_property
     def claims(self) -> ClaimStore:
-        from datetime import timedelta  # noqa: PLC0415
-
         return ClaimStore(self.table(self.settings.claim_table),
                           stale_after=timedelta(seconds=self.settings.heartbeat_timeout_seconds))
 
@@ -83,9 +86,26 @@ class Services:
 
     @cached_property
     def registry(self) -> PoolRegistry:
-        from shared.pool.registry import PoolRegistry  # noqa: PLC0415
-
         return PoolRegistry(self.table(self.settings.vm_table))
+
+    @property
+    def scaler(self) -> Scaler:
+        """The process's scaler, over this registry, claim store and work queue; the members
+        of `POOL_VMS` are synced when it is built."""
+        with self._lock:
+            if self._scaler is None:
+                scaler = Scaler.from_services(self)
+                scaler.arrival_times = lambda now: self.log.times(
+                    "work.issued", datetime.fromtimestamp(now - ARRIVAL_WINDOW_S, timezone.utc))
+                self.sync_members(scaler)
+                self._scaler = scaler
+            return self._scaler
+
+    def sync_members(self, scaler: Scaler | None = None) -> list[str]:
+        """Give every VM of `POOL_VMS` a row; returns the names newly added."""
+        scaler = scaler or self.scaler
+        return sync_members(self.registry, self.settings.pool_vms, self.settings.vm_slots,
+                            scaler.backend)
 
 
 _services: Services | None = None
@@ -106,8 +126,3 @@ def get_services() -> Services:
             log.warning("could not create storage resources: %s", exc.message)
         _services = services
     return _services
-
-
-def reset_services() -> None:
-    global _services
-    _services = None

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any, TypeVar
+
+from shared.clock import utcnow
 
 T = TypeVar("T")
 
@@ -111,16 +113,15 @@ def parse_text(raw: str) -> str:
 
 def parse_ncrontab(raw: str) -> str:
     """Six-field NCRONTAB (seconds first), as the Functions timer trigger reads it."""
-    from cronsim import CronSim, CronSimError  # noqa: PLC0415 - keep import cost off start-up
+    # The agent imports this module for its parsers but does not install cronsim.
+    from cronsim import CronSim, CronSimError  # noqa: PLC0415
 
     value = raw.strip()
     parts = value.split()
     if len(parts) != 6:
         raise ValueError(f"expected six NCRONTAB fields (seconds first), got {len(parts)}")
     try:
-        from datetime import datetime, timezone  # noqa: PLC0415
-
-        CronSim(value, datetime.now(timezone.utc))
+        CronSim(value, utcnow())
     except CronSimError as exc:
         raise ValueError(f"{raw!r} is not a valid schedule: {exc}") from None
     return value
@@ -211,22 +212,18 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read and validate every setting; raise `SettingError` naming the first bad one."""
         source = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            meta = f.metadata
-            raw = source.get(meta["env"])
-            if raw is None or (raw.strip() == "" and meta["default"] is not None):
-                raw = meta["default"]
-            if raw is None:
-                raise SettingError(meta["env"], "is required but not set")
-            try:
-                values[f.name] = meta["parse"](raw)
-            except ValueError as exc:
-                raise SettingError(meta["env"], str(exc)) from None
+        values = {f.name: _read(f, source) for f in fields(cls)}
         if values["pool_min_running"] > values["pool_max_running"]:
             raise SettingError("POOL_MIN_RUNNING", f"must not exceed POOL_MAX_RUNNING "
                                f"({values['pool_max_running']}), got {values['pool_min_running']}")
         return cls(**values)
+
+    @classmethod
+    def one(cls, attr: str, env: Mapping[str, str] | None = None) -> Any:
+        """One setting, parsed as `from_env` parses it, without reading the others: for values
+        fixed when the app is indexed (trigger bindings), before the rest is needed."""
+        by_name = {f.name: f for f in fields(cls)}
+        return _read(by_name[attr], os.environ if env is None else env)
 
     def describe(self) -> dict[str, str]:
         """Setting names and values for logs, with secrets masked."""
@@ -248,22 +245,20 @@ class Settings:
                 self.change_table, self.claim_table, self.idempotency_table)
 
 
+def _read(setting: Field, source: Mapping[str, str]) -> Any:
+    meta = setting.metadata
+    raw = source.get(meta["env"])
+    if raw is None or (raw.strip() == "" and meta["default"] is not None):
+        raw = meta["default"]
+    if raw is None:
+        raise SettingError(meta["env"], "is required but not set")
+    try:
+        return meta["parse"](raw)
+    except ValueError as exc:
+        raise SettingError(meta["env"], str(exc)) from None
+
+
 def setting_names() -> list[str]:
     """Every app setting name the app reads (used by infra checks)."""
     return [f.metadata["env"] for f in fields(Settings)]
 
-
-_cached: Settings | None = None
-
-
-def get_settings() -> Settings:
-    """Settings of this process, read once."""
-    global _cached
-    if _cached is None:
-        _cached = Settings.from_env()
-    return _cached
-
-
-def reset_settings_cache() -> None:
-    global _cached
-    _cached = None

@@ -13,9 +13,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.changes import CHANGE_STATUSES, CHANGE_TYPES  # noqa: E402
+from shared.contracts import CHANGE_STATUSES, CHANGE_TYPES, RUN_STATUSES  # noqa: E402
 from shared.jobs import STATUSES as JOB_STATUSES  # noqa: E402
-from shared.pipeline import RUN_STATUSES  # noqa: E402
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 

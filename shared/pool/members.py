@@ -9,37 +9,16 @@ from __future__ import annotations
 
 import re
 
+from shared.contracts import InvalidVmName, is_valid_vm_name, validate_vm_name
 from shared.settings import SettingError
+
+__all__ = ["InvalidVmName", "is_valid_vm_name", "parse_pool_vms", "validate_vm_name"]
 
 SETTING = "POOL_VMS"
 MAX_RANGE = 1000
 MAX_MEMBERS = 1000
 
-# Azure VM names: letters, digits, '-', '_', '.'; start with a letter or digit; not ending in
-# '.' or '-'. The same rule keeps names safe as table RowKeys (no '/', '\\', '#', '?', quotes).
-_VM_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?$")
 _RANGE_RE = re.compile(r"^(?P<a>.*?)(?P<an>\d+)\s*\.\.\s*(?P<b>.*?)(?P<bn>\d+)$")
-
-
-class InvalidVmName(ValueError):
-    """A VM name that Azure (and the pool table) cannot hold."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(
-            f"{name!r} is not a valid VM name (1-64 letters, digits, '-', '_' or '.', starting "
-            "with a letter or digit and not ending in '-' or '.')")
-        self.name = name
-
-
-def is_valid_vm_name(name: object) -> bool:
-    return isinstance(name, str) and bool(_VM_NAME_RE.match(name))
-
-
-def validate_vm_name(name: object) -> str:
-    """Return `name` if it is a valid VM name, else raise `InvalidVmName`."""
-    if not is_valid_vm_name(name):
-        raise InvalidVmName(str(name))
-    return name  # type: ignore[return-value]
 
 
 def _expand_range(part: str) -> list[str]:

@@ -33,13 +33,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-DEALLOCATED = "deallocated"
-STARTING = "starting"
-RUNNING = "running"
-DRAINING = "draining"
-DEALLOCATING = "deallocating"
-FAILED = "failed"
-STATES = frozenset({DEALLOCATED, STARTING, RUNNING, DRAINING, DEALLOCATING, FAILED})
+from shared.contracts import VmState
+
+# The pool's VM states (declared in `shared.contracts`), as the plain strings a view holds.
+DEALLOCATED = VmState.DEALLOCATED.value
+STARTING = VmState.STARTING.value
+RUNNING = VmState.RUNNING.value
+DRAINING = VmState.DRAINING.value
+DEALLOCATING = VmState.DEALLOCATING.value
+FAILED = VmState.FAILED.value
+STATES = frozenset(state.value for state in VmState)
 
 
 class PolicyInputError(ValueError):

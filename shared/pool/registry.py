@@ -9,41 +9,29 @@ Row: PartitionKey "vm", RowKey = VM name.
 from __future__ import annotations
 
 import ipaddress
-import random
-import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields, replace
-from datetime import datetime, timezone
-from enum import Enum
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import (
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from shared.pool.members import is_valid_vm_name, validate_vm_name
+from shared.clock import utcnow
+from shared.conditional import (
+    CONTENTION,
+    delete_if_unchanged,
+    retry_on_conflict,
+    update_if_unchanged,
+)
+from shared.contracts import VmState, is_valid_vm_name, validate_vm_name
+
+__all__ = ["ACCEPTING", "STOPPING", "InvalidAddress", "InvalidTransition", "NotRemovable",
+           "PoolRegistry", "RegistryContention", "RegistryError", "UnknownVm", "VmBusy",
+           "VmRecord", "VmState"]
 
 PARTITION = "vm"
-MAX_ATTEMPTS = 40          # conditional-write attempts before giving up on contention
 MAX_REASON = 2000          # characters of a failure reason kept in the row
-_BACKOFF_BASE_S = 0.005
-_BACKOFF_CAP_S = 0.15
-
-
-class VmState(str, Enum):
-    DEALLOCATED = "deallocated"
-    STARTING = "starting"
-    RUNNING = "running"
-    DRAINING = "draining"
-    DEALLOCATING = "deallocating"
-    FAILED = "failed"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 ACCEPTING = (VmState.STARTING, VmState.RUNNING)      # states in which an agent may take a slot
@@ -83,10 +71,6 @@ class RegistryContention(RegistryError):
 
 class InvalidAddress(RegistryError, ValueError):
     """An address reported for a VM is not an IP address."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass
@@ -220,7 +204,8 @@ class PoolRegistry:
 
     def remove_member(self, vm: str) -> None:
         """Delete a member's row; only a deallocated VM without work may leave."""
-        for attempt in range(MAX_ATTEMPTS):
+
+        def remove() -> None:
             rec = self.get(vm)
             if rec.busy > 0:
                 raise VmBusy(f"VM {vm!r} holds {rec.busy} busy slot(s); it cannot be removed")
@@ -228,14 +213,12 @@ class PoolRegistry:
                 raise NotRemovable(
                     f"VM {vm!r} is {rec.state.value}; only a deallocated VM can be removed")
             try:
-                self.table.delete_entity(PARTITION, vm, etag=rec.etag,
-                                         match_condition=MatchConditions.IfNotModified)
-                return
-            except ResourceModifiedError:
-                _backoff(attempt)
+                delete_if_unchanged(self.table, PARTITION, vm, rec.etag)
             except ResourceNotFoundError:
-                return
-        raise RegistryContention(f"VM {vm!r}: the row kept changing; not removed")
+                pass
+
+        retry_on_conflict(remove, lambda: RegistryContention(
+            f"VM {vm!r}: the row kept changing; not removed"))
 
     # --- state changes ---------------------------------------------------------------------
 
@@ -340,34 +323,22 @@ class PoolRegistry:
         `change` returns the new record, or None when nothing needs writing; it may raise to
         refuse, and then nothing is written.
         """
-        for attempt in range(MAX_ATTEMPTS):
+        def attempt() -> VmRecord:
             rec = self.get(vm)
             new = change(replace(rec))
             if new is None:
                 return rec
             try:
-                meta = self.table.update_entity(new.to_entity(), mode=UpdateMode.REPLACE,
-                                                etag=rec.etag,
-                                                match_condition=MatchConditions.IfNotModified)
-            except ResourceModifiedError:
-                _backoff(attempt)
-                continue
+                meta = update_if_unchanged(self.table, new.to_entity(), rec.etag,
+                                           UpdateMode.REPLACE)
             except ResourceNotFoundError:
                 raise UnknownVm(vm) from None
             new.etag = (meta or {}).get("etag", "")
             return new
-        raise RegistryContention(f"VM {vm!r}: the row kept changing; gave up after "
-                                 f"{MAX_ATTEMPTS} attempts")
+
+        return retry_on_conflict(attempt, lambda: RegistryContention(
+            f"VM {vm!r}: the row kept changing; gave up after {CONTENTION.attempts} attempts"))
 
 
 def _elapsed(since: datetime, now: datetime) -> float:
     return max(0.0, (now - since).total_seconds())
-
-
-def _backoff(attempt: int) -> None:
-    time.sleep(random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** attempt)))
-
-
-def record_fields() -> list[str]:
-    """Names of `VmRecord` fields (for API serialisers)."""
-    return [f.name for f in fields(VmRecord)]

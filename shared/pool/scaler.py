@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.claims import ClaimStore
+from shared.clock import utcnow
 from shared.pool import policy
+from shared.pool.backends import make_backend
 from shared.pool.backends.base import (
     DEALLOCATED,
     DEALLOCATING,
@@ -44,6 +46,9 @@ from shared.pool.registry import (
     VmRecord,
     VmState,
 )
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 DEFAULT_BOOT_ESTIMATE_S = 90.0
 # A row turns `starting` just before the backend is asked; another scaler reconciling in that
@@ -80,7 +85,7 @@ def _epoch(value: datetime) -> float:
 
 def _as_datetime(now: datetime | float | None) -> datetime:
     if now is None:
-        return datetime.now(timezone.utc)
+        return utcnow()
     if isinstance(now, datetime):
         return now
     return datetime.fromtimestamp(now, timezone.utc)
@@ -119,23 +124,18 @@ class Scaler:
         self._last_reconcile = float("-inf")
 
     @classmethod
-    def from_settings(cls, settings: Any, connection: Any, backend: PoolBackend | None = None,
+    def from_services(cls, services: Services, backend: PoolBackend | None = None,
                       **backend_options: Any) -> Scaler:
-        """A scaler wired to the app's tables, queue and configured backend."""
-        from datetime import timedelta  # noqa: PLC0415
-
-        from shared.pool.backends import make_backend  # noqa: PLC0415
-
-        tables = connection.table_service()
-        registry = PoolRegistry(tables.get_table_client(settings.vm_table))
-        claims = ClaimStore(tables.get_table_client(settings.claim_table),
-                            stale_after=timedelta(seconds=settings.heartbeat_timeout_seconds))
-        backend = backend or make_backend(settings, registry=registry, **backend_options)
+        """A scaler over the services' registry, claims and work queue, with the configured
+        backend (or `backend`); `backend_options` go to `make_backend`."""
+        settings = services.settings
+        backend = backend or make_backend(settings, registry=services.registry,
+                                          **backend_options)
         config = policy.PolicyConfig(max_running=settings.pool_max_running,
                                      idle_cooldown_s=float(settings.idle_cooldown_seconds),
                                      boot_timeout_s=float(settings.boot_timeout_seconds),
                                      min_running=settings.pool_min_running)
-        return cls(registry, backend, connection.queue(settings.work_queue), claims, config,
+        return cls(services.registry, backend, services.work_queue, services.claims, config,
                    min_reconcile_interval_s=10.0)
 
     # --- looking -----------------------------------------------------------------------------
@@ -453,9 +453,10 @@ def _retry_text(exc: BackendError) -> str:
     return f"throttled ({exc}); retry after {after:g}s" if after else f"throttled ({exc})"
 
 
-def run_scaler(settings: Any, connection: Any, now: float | None = None,
+def run_scaler(services: Services, now: float | None = None,
                **backend_options: Any) -> ScaleReport:
-    """One backstop pass for a timer or an event: members from settings, then `run_once`."""
-    scaler = Scaler.from_settings(settings, connection, **backend_options)
+    """One backstop pass with a scaler of its own: members from settings, then `run_once`."""
+    scaler = Scaler.from_services(services, **backend_options)
+    settings = services.settings
     sync_members(scaler.registry, settings.pool_vms, settings.vm_slots, scaler.backend)
     return scaler.run_once(now if now is not None else time.time())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
-KEEP = ["function_app.py", "host.json", "requirements.txt", "openapi.json", "blueprints/api.py",
+KEEP = ["function_app.py", "host.json", "requirements.txt", "openapi.json", "blueprints/jobs.py",
         "shared/settings.py", "shared/pool/__init__.py", "dashboard/index.html",
         "dashboard/app.js", "dashboard/style.css"]
 DROP = ["tests/conftest.py", "node_modules/x/y.js", ".venv/bin/python", ".venv-worker/x",

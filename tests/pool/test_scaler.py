@@ -16,6 +16,7 @@ from shared.pool.backends.local import LocalBackend
 from shared.pool.policy import Actions, PolicyConfig
 from shared.pool.registry import PoolRegistry, UnknownVm, VmState
 from shared.pool.scaler import Scaler, run_scaler, sync_members
+from shared.services import Services
 from shared.settings import SettingError, Settings
 from shared.storage import StorageConnection
 from shared.workitem import WorkItem
@@ -298,7 +299,7 @@ def test_run_scaler_from_settings(storage_env: dict[str, str], connection: Stora
     fake_arm.add_vm("vm01")
     fake_arm.add_vm("vm02")
     connection.queue(settings.work_queue).send_message("w")
-    report = run_scaler(settings, connection, credential=fake_arm.credential(),
+    report = run_scaler(Services(settings, connection), credential=fake_arm.credential(),
                         polling_interval=0)
     assert report.started == ["vm01"] and report.errors == {}
     registry = PoolRegistry(connection.table_service().get_table_client(settings.vm_table))
@@ -308,7 +309,7 @@ def test_run_scaler_from_settings(storage_env: dict[str, str], connection: Stora
     assert rows["vm01"].backend_id == fake_arm.rid("Microsoft.Compute", "virtualMachines",
                                                    "vm01")
     with pytest.raises(SettingError, match="POOL_VMS"):
-        run_scaler(Settings.from_env({**env, "POOL_VMS": "vm09..vm01"}), connection,
+        run_scaler(Services(Settings.from_env({**env, "POOL_VMS": "vm09..vm01"}), connection),
                    credential=fake_arm.credential())
     assert [r.name for r in registry.list()] == ["vm01", "vm02"]
 

@@ -14,10 +14,14 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Power states a backend reports (a subset of Azure's PowerState codes plus "unknown").
-RUNNING, STARTING, STOPPED = "running", "starting", "stopped"
-DEALLOCATED, DEALLOCATING, UNKNOWN = "deallocated", "deallocating", "unknown"
-POWER_STATES = (RUNNING, STARTING, STOPPED, DEALLOCATED, DEALLOCATING, UNKNOWN)
+from shared.contracts import PowerState
+
+# Power states a backend reports (declared in `shared.contracts`), as plain strings.
+RUNNING, STARTING, STOPPED = (PowerState.RUNNING.value, PowerState.STARTING.value,
+                              PowerState.STOPPED.value)
+DEALLOCATED, DEALLOCATING, UNKNOWN = (PowerState.DEALLOCATED.value,
+                                      PowerState.DEALLOCATING.value, PowerState.UNKNOWN.value)
+POWER_STATES = tuple(state.value for state in PowerState)
 
 
 class BackendError(Exception):

@@ -6,9 +6,10 @@ start and deallocate are accepted and complete at once without touching anything
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
+from shared.clock import utcnow
 from shared.pool.backends.base import (
     DEALLOCATED,
     RUNNING,
@@ -46,7 +47,7 @@ class ExternalBackend(PoolBackend):
 
     def power_state(self, vm: str, now: datetime | None = None) -> str:
         beat = self._record(vm).last_heartbeat
-        now = now or datetime.now(timezone.utc)
+        now = now or utcnow()
         return RUNNING if beat is not None and now - beat < self.heartbeat_timeout else DEALLOCATED
 
     def addresses(self, vm: str) -> dict[str, str | None]:

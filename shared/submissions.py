@@ -1,0 +1,97 @@
+"""What the HTTP API accepts to start work: a job for one blob, a run over many.
+
+Each request is validated completely before anything changes (a refused request uploads
+nothing and starts nothing); what it starts is built by the contracts' one builder of each
+orchestration input.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from shared.api import bad_request, field, not_found
+from shared.contracts import FileJob, RunInput, file_job_input, run_input
+from shared.idempotency import derived_id
+from shared.naming import BlobNameError, check_blob_name
+from shared.pipeline import BlobMissing, describe_blob
+from shared.services import Services
+
+MAX_RUN_BLOBS = 10_000
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")
+
+
+@dataclass(frozen=True)
+class JobSubmission:
+    """A job to start for a blob of the data container."""
+
+    container: str
+    blob: str
+    instance_id: str
+    job: FileJob
+
+    def response(self, created: bool) -> dict[str, Any]:
+        return {"jobId": self.instance_id, "blob": f"{self.container}/{self.blob}",
+                "created": created, "statusUrl": f"/api/jobs/{self.instance_id}"}
+
+
+def _blob_name(value: str, what: str) -> str:
+    try:
+        return check_blob_name(value)
+    except BlobNameError as exc:
+        raise bad_request(f"field '{what}': {exc}") from None
+
+
+def _content(data: dict[str, Any]) -> bytes | None:
+    """The upload a job request carries: text `content` or `contentBase64`, or none."""
+    content = field(data, "content", str, required=False)
+    content_b64 = field(data, "contentBase64", str, required=False)
+    if content is not None and content_b64 is not None:
+        raise bad_request("give either 'content' or 'contentBase64', not both")
+    if content_b64 is not None:
+        try:
+            return base64.b64decode(content_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request("field 'contentBase64' is not valid base64") from None
+    return content.encode() if content is not None else None
+
+
+def submit_job(services: Services, data: dict[str, Any]) -> JobSubmission:
+    """`POST /api/jobs`: upload the content first when given; the blob must then exist."""
+    s = services.settings
+    name = _blob_name(field(data, "blob", str), "blob")
+    payload = _content(data)
+    if payload is not None:
+        services.blobs.get_blob_client(s.data_container, name).upload_blob(payload,
+                                                                            overwrite=True)
+    try:
+        ref = describe_blob(services, s.data_container, name)
+    except BlobMissing:
+        raise not_found(f"blob '{s.data_container}/{name}' does not exist") from None
+    return JobSubmission(s.data_container, name, ref.instance_id,
+                         file_job_input(s, s.data_container, name, ref.instance_id))
+
+
+def submit_run(services: Services, data: dict[str, Any], key: str | None = None) -> RunInput:
+    """`POST /api/runs`: a run over a prefix or a list of blob names (missing ones skipped).
+
+    Without a `runId` the id is derived from the idempotency `key` when there is one (a retry
+    names the same run), else random."""
+    prefix = field(data, "prefix", str, required=False)
+    names = field(data, "blobs", list, required=False)
+    if (prefix is None) == (names is None):
+        raise bad_request("give exactly one of 'prefix' or 'blobs'")
+    if names is not None:
+        if (not names or len(names) > MAX_RUN_BLOBS
+                or not all(isinstance(n, str) for n in names)):
+            raise bad_request(f"field 'blobs' must be a list of 1-{MAX_RUN_BLOBS} blob names")
+        for name in names:
+            _blob_name(name, "blobs")
+    run_id = field(data, "runId", str, required=False) or (
+        f"run-api-{derived_id('runs', key)}" if key else f"run-api-{uuid.uuid4().hex[:16]}")
+    if not _RUN_ID.fullmatch(run_id):
+        raise bad_request("field 'runId' may hold 1-80 letters, digits, '-' and '_'")
+    return run_input(services.settings, run_id, prefix=prefix, names=names)
