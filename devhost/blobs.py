@@ -284,7 +284,7 @@ class EventGridWebhook:
                                   f"no EventGrid blob trigger named {raw_name!r}")
         try:
             payload = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return error_response(400, "BadRequest", "body must be JSON Event Grid events")
         events = payload if isinstance(payload, list) else [payload]
         if not all(isinstance(e, dict) for e in events):

@@ -334,7 +334,7 @@ class DevHost:
             metadata: dict[str, Any] = {"QueueTrigger": text}
             try:
                 parsed = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 parsed = None
             if isinstance(parsed, dict):
                 metadata.update(parsed)

@@ -72,7 +72,9 @@ def http_metadata(req: func.HttpRequest) -> dict[str, Any]:
     metadata: dict[str, Any] = {}
     try:
         body = json.loads(req.get_body() or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # Too deep to parse is no binding data, as for the host (Json.NET's depth limit):
+        # the function still runs and reads its body itself.
         body = None
     if isinstance(body, dict):
         metadata.update(body)
@@ -245,7 +247,7 @@ class HttpFront:
         raw = await request.read()
         try:
             payload = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return error_response(400, "BadRequest", "body must be JSON like {\"input\": ...}")
         if not isinstance(payload, dict):
             return error_response(400, "BadRequest", "body must be a JSON object")
