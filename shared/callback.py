@@ -1,9 +1,12 @@
 """The VM callbacks (`done`, `idle`), checked before anything changes.
 
-A done callback is accepted only when: the VM is in the pool, the attempt was issued, the step
-is claimed by that VM, the work item's HMAC token verifies, and (when enabled) the caller's
-address is the VM's. Anything else is refused with a specific error and changes nothing. A
-repeat of an accepted callback is a no-op.
+A done callback is proven by what the caller holds, not by where it runs: the attempt was issued,
+the work item's HMAC token verifies, and the step is claimed by the calling worker. Workers need
+not be pool members (Kubernetes pods, `POOL_BACKEND=external`); membership matters only to the
+scaler, so the idle report, which asks the scaler to stop a machine, is for members alone. With
+`CHECK_CALLER_IP` the caller's address must also be the member's, so a non-member is refused
+there (the app knows no address of it). Anything else is refused with a specific error and
+changes nothing. A repeat of an accepted callback is a no-op.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from shared.api import ApiError, bad_request, field, not_found, parse_json_body, require_object
-from shared.contracts import STEP_STATUSES, StepResult, done_event_name
+from shared.contracts import STEP_STATUSES, StepResult, done_event_name, is_valid_vm_name
 from shared.jobs import JobNotFound
 from shared.naming import BlobNameError, check_blob_name
 from shared.pool.registry import UnknownVm, VmRecord
@@ -52,17 +55,33 @@ def caller_address(headers: dict[str, str]) -> str | None:
         return None
 
 
-def _check_vm(services: Services, vm: str, headers: dict[str, str]) -> VmRecord:
+def _check_caller(services: Services, vm: str, record: VmRecord | None,
+                  headers: dict[str, str]) -> None:
+    if not services.settings.check_caller_ip:
+        return
+    caller = caller_address(headers)
+    allowed = {a for a in (record.private_ip, record.public_ip) if a} if record else set()
+    if caller is None or caller not in allowed:
+        raise ApiError(403, "AddressMismatch", f"caller address does not belong to VM '{vm}'")
+
+
+def _check_worker(services: Services, vm: str, headers: dict[str, str]) -> None:
+    """Any worker may report; only the caller-address rule depends on the pool row."""
+    if not is_valid_vm_name(vm):
+        raise bad_request(f"'{vm[:64]}' is not a valid worker name")
+    try:
+        record: VmRecord | None = services.registry.get(vm)
+    except UnknownVm:
+        record = None
+    _check_caller(services, vm, record, headers)
+
+
+def _check_member(services: Services, vm: str, headers: dict[str, str]) -> VmRecord:
     try:
         record = services.registry.get(vm)
     except UnknownVm:
         raise not_found(f"VM '{vm[:64]}' is not a member of the pool") from None
-    if services.settings.check_caller_ip:
-        caller = caller_address(headers)
-        allowed = {a for a in (record.private_ip, record.public_ip) if a}
-        if caller is None or caller not in allowed:
-            raise ApiError(403, "AddressMismatch",
-                           f"caller address does not belong to VM '{vm}'")
+    _check_caller(services, vm, record, headers)
     return record
 
 
@@ -91,7 +110,7 @@ def check_done(services: Services, vm: str, job_id: str, body: bytes,
             raise bad_request(f"field 'output': {exc}") from None
         if container != s.results_container:
             raise bad_request(f"field 'output' must be in the '{s.results_container}' container")
-    _check_vm(services, vm, headers)
+    _check_worker(services, vm, headers)
     try:
         services.jobs.get(job_id)
     except JobNotFound:
@@ -126,5 +145,5 @@ def check_idle(services: Services, vm: str, body: bytes, headers: dict[str, str]
     idle = field(data, "idleSeconds", (int, float), required=False, default=0)
     if idle < 0:
         raise bad_request("field 'idleSeconds' must not be negative")
-    _check_vm(services, vm, headers)
+    _check_member(services, vm, headers)
     return int(idle)

@@ -124,7 +124,8 @@ def document() -> dict[str, Any]:
             "parameters": [path_param("run_id")],
             "responses": {"200": _resp("Run", ANY), **_errors(401, 404)}}},
         "/api/pool": {"get": {
-            "operationId": "pool_status_http", "summary": "VMs, their states and the backlog",
+            "operationId": "pool_status_http",
+            "summary": "VMs, their states, ephemeral workers (pods) and the backlog",
             "responses": {"200": _resp("Pool", ANY), **_errors(401)}}},
         "/api/changes": {"post": {
             "operationId": "submit_change_http",

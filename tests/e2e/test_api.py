@@ -69,7 +69,8 @@ def test_forged_replayed_and_wrong_vm_callbacks_are_refused(idle_app) -> None:
                            (wrong_vm, "NotClaimed")):
         assert response.status_code == 403, response.text
         assert response.json()["error"]["code"] == code
-    assert done("vm07", a, a.token).status_code == 404
+    outsider = done("vm07", a, a.token)          # not a member, and not holding the claim
+    assert outsider.status_code == 403 and outsider.json()["error"]["code"] == "NotClaimed"
     job = app.get(f"/api/jobs/{a.job_id}").json()
     assert job["status"] == "running" and job["orchestration"]["runtimeStatus"] == "Running"
     assert app.services.issued.get(a.job_id, 0, 1)[1] is False  # nothing acknowledged
