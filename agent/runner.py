@@ -14,7 +14,7 @@ import logging
 import shutil
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -25,6 +25,7 @@ from agent.config import AgentConfig
 from agent.lease import MalformedMessage, MessageLease, decode
 from agent.worker import JOB_DIR_PREFIX, Worker
 from shared.claims import ClaimStore
+from shared.clock import utcnow
 from shared.pool.registry import InvalidTransition, PoolRegistry, RegistryError
 from shared.pool.workers import RUNNING, STOPPED, WorkerRegistry
 
@@ -70,7 +71,7 @@ class Agent:
         vm_table = conn.table_service().get_table_client(config.vm_table)
         self.registry = PoolRegistry(vm_table)
         self.workers = WorkerRegistry(vm_table)  # where an agent outside the pool shows up
-        self.started_at = datetime.now(timezone.utc)
+        self.started_at = utcnow()
         self.api = AppClient(config.api_base_url, config.vm_name, config.function_key,
                              retry_seconds=config.api_retry_seconds,
                              timeout_seconds=config.api_timeout_seconds)
