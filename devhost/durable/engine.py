@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from devhost.durable import history as h
+import devhost.durable.history as h
 from devhost.durable import planner
 from devhost.durable.entities import EntityHost, entity_id
 from devhost.durable.errors import (
