@@ -271,7 +271,8 @@ class EventGridWebhook:
             origin = request.headers.get("WebHook-Request-Origin", "*")
             return web.Response(status=200, headers={"WebHook-Allowed-Origin": origin})
         if request.method != "POST":
-            return error_response(405, "MethodNotAllowed", "use POST")
+            return error_response(405, "MethodNotAllowed", "use POST",
+                                  headers={"Allow": "POST, OPTIONS"})
         if not self.keys.allows_blobs_webhook(HostKeys.presented(request.query,
                                                                   request.headers)):
             return error_response(401, "Unauthorized", "the blobs_extension or master key is"

@@ -83,6 +83,7 @@ def test_unknown_route_and_wrong_method_are_json_errors(http_host: ThreadedHost)
     wrong = get(http_host, f"/api/items/5?code={FKEY}", "PUT")
     assert wrong.status_code == 405
     assert wrong.json()["error"]["code"] == "MethodNotAllowed"
+    assert wrong.headers["Allow"] == "DELETE, GET"  # both routes that match /items/5
     assert get(http_host, f"/api/items/5?code={FKEY}", "DELETE").json()["method"] == "DELETE"
 
 

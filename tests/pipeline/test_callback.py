@@ -4,7 +4,7 @@ import json
 import pytest
 
 from shared.api import ApiError
-from shared.callback import acknowledge, caller_address, check_done, check_idle
+from shared.callback import acknowledge, caller_address, check_done, check_idle, withdraw
 from shared.pipeline import issue_work_item, start_job
 from shared.pool.registry import VmState
 from shared.services import Services
@@ -53,9 +53,23 @@ def test_genuine_report_is_accepted_once(services: Services) -> None:
     event = check(services, "vm01", "job-1", _body(item.token), {})
     assert (event.instance_id, event.event_name, event.repeat) == ("job-1", "done-0-1", False)
     assert event.payload["bytesOut"] == 7 and event.payload["vm"] == "vm01"
-    acknowledge(services, event, "vm01")
+    assert acknowledge(services, event, "vm01")
     again = check(services, "vm01", "job-1", _body(item.token), {})
     assert again.repeat is True
+
+
+def test_only_one_of_two_racing_reports_may_raise_and_a_withdrawn_one_may_again(
+        services: Services) -> None:
+    item = _item(services)
+    services.claims.claim(item, "vm01")
+    first = check(services, "vm01", "job-1", _body(item.token), {})
+    second = check(services, "vm01", "job-1", _body(item.token), {})  # read before either acks
+    assert not first.repeat and not second.repeat
+    etag = acknowledge(services, first, "vm01")
+    assert etag and acknowledge(services, second, "vm01") is None  # the ETag guard refuses it
+    withdraw(services, first, etag)  # raising failed: a retry must be able to raise
+    retry = check(services, "vm01", "job-1", _body(item.token), {})
+    assert retry.repeat is False and acknowledge(services, retry, "vm01")
 
 
 @pytest.mark.parametrize(("vm", "job", "body", "status", "code"), [
