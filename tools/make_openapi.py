@@ -83,7 +83,7 @@ IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                                   "started; same key, other body: 409 IdempotencyKeyReused. "
                                   "May be sent as `requestId` in the body instead.",
                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:~-]{1,200}$"}}
-REQUEST_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:~-]{1,200}$",
+REQUEST_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:~-]{1,200}$", "nullable": True,
               "description": "idempotency key (alternative to the Idempotency-Key header)"}
 TOKEN = {"type": "string", "nullable": True,
          "description": "pass as `continuationToken` for the next page; null on the last"}
@@ -102,7 +102,8 @@ def _list(name: str, item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _query(name: str, values: list[str] | None = None) -> dict[str, Any]:
-    schema = {"type": "string", "enum": values} if values else STR
+    # An empty filter is no filter, as the server reads it.
+    schema = {"type": "string", "enum": ["", *values]} if values else STR
     return {"name": name, "in": "query", "schema": schema}
 
 

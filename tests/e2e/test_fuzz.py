@@ -1,15 +1,13 @@
 """Schemathesis over the served `openapi.json`, against the real app in devhost: no 5xx, every
 answer as documented (status, content type, schema), 405 with `Allow`, and the server accepts
-what the document allows and refuses what it does not. Bounded by examples per operation.
+what the document allows and refuses what it does not. Bounded by examples per operation; the
+checks and their expected statuses are in schemathesis.toml beside this file.
 """
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
-          "response_schema_conformance,response_headers_conformance,unsupported_method,"
-          "negative_data_rejection,positive_data_acceptance,allow_header_conformance")
 CONFIG = Path(__file__).resolve().parent / "schemathesis.toml"
 
 
@@ -22,11 +20,12 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violations(start_app, tmp_path:
         [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run",
          f"{app.base}/api/openapi.json",
          "--url", app.base, "-H", f"x-functions-key: {app.env['DEVHOST_FUNCTION_KEY']}",
-         "--checks", CHECKS, "--phases", "examples,coverage,fuzzing",
+         "--phases", "examples,coverage,fuzzing",
          "--max-examples", examples, "--seed", "12", "--workers", "1",
          "--request-timeout", "20", "--no-color", "--report", "junit",
          "--report-dir", str(tmp_path)],
         cwd=tmp_path, check=False, capture_output=True, text=True, timeout=1500)
     # Long generated bodies make the report huge: keep each failure's opening lines.
     report = "\n".join(line[:300] for line in proc.stdout.splitlines())
-    assert proc.returncode == 0, report[-15000:] + proc.stderr[-3000:]
+    failures = report.find("FAILURES")
+    assert proc.returncode == 0, report[max(failures, 0):][:20000] + proc.stderr[-3000:]
