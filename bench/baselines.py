@@ -15,22 +15,29 @@
   scale-up at once, scale-down to the highest desired count of the last 300 s (the HPA's
   default stabilization window, equal to KEDA's default cooldownPeriod before scaling to zero);
   only idle replicas are removed (a ScaledJob lets running jobs finish).
+- `batch_mix` (bench/spot.py only): `batch_autoscale` on a pool of dedicated and low-priority
+  (spot) nodes, a fixed share of the target on each.
 
 None of them reacts to events except the seed's, which is event-driven by design.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from bench.sim import (
     ARRIVAL,
     COMPLETE,
     DEALLOCATED,
+    EVICTED,
     GONE,
+    REGULAR,
     RUNNING,
+    SPOT,
     STARTING,
     Pool,
     SimVm,
+    StartRefused,
     ceil_div,
 )
 
@@ -87,13 +94,19 @@ class SeedNaive:
         vm.own_queue.append(job_id)
 
 
-def _scale_to(pool: Pool, target: int, drain_busy: bool) -> None:
-    """Bring the count of VMs on (starting + running) to `target`: start the first stopped VMs
-    in name order (neither baseline knows boot times), remove idle ones first."""
-    on = pool.in_state(STARTING, RUNNING)
+def _scale_to(pool: Pool, target: int, drain_busy: bool, priority: str = REGULAR) -> None:
+    """Bring the count of VMs of one priority that are on (starting + running) to `target`:
+    start the first stopped VMs in name order (no baseline knows boot times), remove idle ones
+    first. A refused spot start is left for the next evaluation (Batch retries; it does not
+    fall back to dedicated nodes)."""
+    on = [vm for vm in pool.in_state(STARTING, RUNNING) if vm.priority == priority]
     if target > len(on):
-        for vm in pool.in_state(DEALLOCATED)[: target - len(on)]:
-            pool.start(vm.name)
+        stopped = [vm for vm in pool.in_state(DEALLOCATED, EVICTED) if vm.priority == priority]
+        for vm in stopped[: target - len(on)]:
+            try:
+                pool.start(vm.name)
+            except StartRefused:
+                break
         return
     surplus = len(on) - target
     idle: list[SimVm] = [vm for vm in on if vm.busy == 0]
@@ -157,6 +170,30 @@ class KedaScaler:
         while self.desired and self.desired[0][0] < now - self.WINDOW_S:
             self.desired.popleft()
         _scale_to(pool, max(d for _, d in self.desired), drain_busy=False)
+
+
+class BatchMix(BatchAutoscale):
+    """Azure Batch with low-priority (spot) nodes: the same formula's target split into
+    `$TargetDedicatedNodes` (a fixed share) and `$TargetLowPriorityNodes` (the rest). Batch
+    re-allocates preempted low-priority nodes towards the target by itself and never moves
+    their share to dedicated nodes."""
+
+    name = "batch_mix"
+    DEDICATED_SHARE = 0.2
+
+    def on_tick(self, pool: Pool) -> None:
+        now = pool.now
+        self.samples.append((now, len(pool.queue) + pool.in_flight))
+        while self.samples and self.samples[0][0] < now - self.WINDOW_S:
+            self.samples.popleft()
+        if round(now) % round(self.EVAL_S):
+            return
+        pending = sum(v for _, v in self.samples) / len(self.samples)
+        target = ceil_div(pending, pool.params.slots)
+        dedicated = min(pool.params.vms, math.ceil(target * self.DEDICATED_SHARE))
+        spot = min(pool.params.spot_vms, target - dedicated)
+        _scale_to(pool, dedicated, drain_busy=True, priority=REGULAR)
+        _scale_to(pool, spot, drain_busy=True, priority=SPOT)
 
 
 def baselines() -> list[type]:

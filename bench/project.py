@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from collections import deque
 
-from bench.sim import ARRIVAL, Pool
-from shared.pool.policy import PolicyConfig, Snapshot, VmView, arrival_rate, decide
+from bench.sim import ARRIVAL, Pool, StartRefused
+from shared.pool.policy import (
+    PolicyConfig,
+    Snapshot,
+    VmView,
+    after_refusal,
+    arrival_rate,
+    decide,
+)
 
 SCALER_TICK_S = 30.0   # SCALER_SCHEDULE default: */30 * * * * *
 RATE_WINDOW_S = 600.0  # the arrival rate the scaler reports: items queued in the last 10 min
@@ -28,15 +35,17 @@ class ProjectController:
 
     def setup(self, pool: Pool) -> None:
         params = pool.params
-        self.config = PolicyConfig(max_running=params.vms, idle_cooldown_s=params.idle_cooldown_s,
-                                   boot_timeout_s=params.boot_timeout_s)
+        self.config = PolicyConfig(max_running=params.total_vms,
+                                   idle_cooldown_s=params.idle_cooldown_s,
+                                   boot_timeout_s=params.boot_timeout_s,
+                                   spot_backoff_s=params.spot_backoff_s)
         self.arrivals.clear()
 
     def snapshot(self, pool: Pool) -> Snapshot:
         views = tuple(
             VmView(name=vm.name, state=vm.state, slots=vm.slots, busy=vm.busy,
                    idle_since=vm.idle_since, state_since=vm.state_since,
-                   boot_estimate_s=vm.boot_mean)
+                   boot_estimate_s=vm.boot_mean, priority=vm.priority)
             for vm in pool.vms.values())
         rate = None
         if self.rate_hint:
@@ -47,16 +56,29 @@ class ProjectController:
                         now=pool.now, arrivals_per_s=rate)
 
     def evaluate(self, pool: Pool) -> None:
+        """One scaler pass. A refused spot start leaves that VM `evicted`; the policy is asked
+        again at once, so on-demand members cover within the same pass (as the scaler does)."""
         assert self.config is not None
-        actions = decide(self.snapshot(pool), self.config)
-        for name in actions.mark_failed:
-            pool.mark_failed(name)
-        for name in actions.drain:
-            pool.drain(name)
-        for name in actions.deallocate:
-            pool.deallocate(name)
-        for name in actions.start:
-            pool.start(name)
+        refused = False
+        while True:
+            snapshot = self.snapshot(pool)
+            actions = decide(after_refusal(snapshot) if refused else snapshot,
+                             self.config)
+            for name in actions.mark_failed:
+                pool.mark_failed(name)
+            for name in actions.drain:
+                pool.drain(name)
+            for name in actions.deallocate:
+                pool.deallocate(name)
+            retry = False
+            for name in actions.start:
+                try:
+                    pool.start(name)
+                except StartRefused:
+                    retry = refused = True
+                    break  # the other spot starts of this pass would be refused too
+            if not retry:
+                return
 
     def on_event(self, pool: Pool, kind: str) -> None:
         if kind == ARRIVAL:

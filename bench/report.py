@@ -27,6 +27,23 @@ def policy_table(figures: dict) -> list[str]:
     return [*lines, ""]
 
 
+def spot_table(document: dict) -> list[str]:
+    lines = ["### Spot members (`bench/results/spot.json`)", "",
+             f"Spot price {document['spot_price']:g} x on-demand; every eviction rate above 0 "
+             f"also has {document['bursts_per_h'] * 24:g} burst(s) a day that take half of the "
+             "spot VMs and refuse spot starts for 30 minutes.", "",
+             "| trace | evictions per spot VM-hour | pool | money ratio | money vs on-demand "
+             "| p95 wait (boots) | spot share of billed | evictions |",
+             "|---|---|---|---|---|---|---|---|"]
+    for trace, by_rate in document["traces"].items():
+        for rate, rows in by_rate.items():
+            for name, r in rows.items():
+                lines.append(f"| {trace} | {rate} | {name} | {r['money_ratio']:.3f} | "
+                             f"{r['money_vs_on_demand']:.3f} | {r['p95_wait_boots']:.2f} | "
+                             f"{100 * r['spot_share_of_billed']:.1f}% | {r['evictions']} |")
+    return [*lines, ""]
+
+
 def latency_table(figures: dict) -> list[str]:
     lines = ["### Control-plane latency (`bench/results/latency.json`)", "",
              "| figure | value |", "|---|---|",
@@ -49,6 +66,8 @@ def render() -> str:
     parts: list[str] = [START, "", "## Latest figures (written by `make bench`)", ""]
     if (RESULTS / "policy.json").exists():
         parts += policy_table(json.loads((RESULTS / "policy.json").read_text()))
+    if (RESULTS / "spot.json").exists():
+        parts += spot_table(json.loads((RESULTS / "spot.json").read_text()))
     if (RESULTS / "latency.json").exists():
         parts += latency_table(json.loads((RESULTS / "latency.json").read_text()))
     for title, name in (("Agent throughput", "agent_throughput.txt"),

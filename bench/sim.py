@@ -1,12 +1,19 @@
 """A discrete-event simulation of the VM pool, to measure what a scaling policy costs.
 
 Billing follows Azure's: a VM is billed per second from the start request until its
-deallocation completes. Work is pulled from one shared queue by running VMs with a free slot
-(the app's model), except for controllers that push work to a VM's own queue (the seed's).
-A controller is called on every event (arrival, completion, VM ready, VM deallocated) and, if
-it has one, on its own periodic tick; it acts through `Pool.start`, `Pool.deallocate` and
-`Pool.drain`, which refuse anything a real pool would refuse (stopping a busy VM, starting one
-that is not deallocated), so a wrong policy fails loudly instead of producing good figures.
+deallocation completes. Spot members bill at `spot_price` per second and can be taken back:
+each allocated spot VM is evicted independently (a Poisson process, `eviction_rate_per_h` per
+VM-hour), and pool-wide bursts (`burst_rate_per_h`) evict `burst_fraction` of them at once and
+refuse spot starts for `burst_outage_s`. An evicted VM hands its work back at the Preempt
+notice (the work goes back to the front of the queue; what it had done is lost) and is
+deallocated by Azure `notice_s` later.
+
+Work is pulled from one shared queue by running VMs with a free slot (the app's model), except
+for controllers that push work to a VM's own queue (the seed's). A controller is called on
+every event (arrival, completion, VM ready, VM deallocated) and, if it has one, on its own
+periodic tick; it acts through `Pool.start`, `Pool.deallocate` and `Pool.drain`, which refuse
+anything a real pool would refuse (stopping a busy VM, starting one that is not deallocated),
+so a wrong policy fails loudly instead of producing good figures.
 """
 from __future__ import annotations
 
@@ -19,23 +26,32 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bench.traces import Job, PoolParams, Trace
-from shared.contracts import VmState
+from shared.contracts import VmPriority, VmState
 
 # The pool's VM states, as the plain strings the policy reads.
 DEALLOCATED, STARTING, RUNNING = (VmState.DEALLOCATED.value, VmState.STARTING.value,
                                   VmState.RUNNING.value)
 DRAINING, DEALLOCATING, FAILED = (VmState.DRAINING.value, VmState.DEALLOCATING.value,
                                   VmState.FAILED.value)
+EVICTED = VmState.EVICTED.value
 ALLOCATED = (STARTING, RUNNING, DRAINING, DEALLOCATING)
+REGULAR, SPOT = VmPriority.REGULAR.value, VmPriority.SPOT.value
 
 ARRIVAL, COMPLETE, READY, GONE, TICK = "arrival", "complete", "ready", "deallocated", "tick"
-_ORDER = {COMPLETE: 0, GONE: 1, READY: 2, ARRIVAL: 3, TICK: 4}  # same-instant event order
+EVICT, BURST, RECLAIMED = "evict", "burst", "reclaimed"
+# same-instant event order
+_ORDER = {COMPLETE: 0, GONE: 1, RECLAIMED: 2, EVICT: 3, BURST: 4, READY: 5, ARRIVAL: 6, TICK: 7}
 
 EXTRA_S = 7 * 24 * 3600.0  # how long past the trace a simulation may run before it is an error
 
 
 class SimulationError(RuntimeError):
     """The simulated pool was asked to do something impossible, or work was lost."""
+
+
+class StartRefused(RuntimeError):
+    """A spot start refused for lack of capacity (Azure: SkuNotAvailable, AllocationFailed...).
+    The VM is left `evicted`, as the scaler records it."""
 
 
 @dataclass
@@ -52,6 +68,10 @@ class SimVm:
     generation: int = 0  # invalidates a pending READY after the VM was stopped while booting
     boots: int = 0
     own_queue: deque[int] = field(default_factory=deque)  # push model only
+    priority: str = REGULAR
+    price: float = 1.0  # per billed second, on-demand = 1
+    evictions: int = 0
+    money: float = 0.0  # billed seconds x price
 
     @property
     def free(self) -> int:
@@ -78,16 +98,27 @@ class Pool:
         self.jobs = {job.id: job for job in trace.jobs}
         means = params.boot_means(seed)
         self.vms = {name: SimVm(name, params.slots, means[name]) for name in params.names()}
+        for name in params.spot_names():
+            self.vms[name] = SimVm(name, params.slots, means[name], priority=SPOT,
+                                   price=params.spot_price)
         self.order = sorted(self.vms)
+        self.spot_refused_until = -math.inf
+        self.evicted_work_s = 0.0  # processing lost to evictions
         self.queue: deque[int] = deque()
         self.now = 0.0
-        self.started_at: dict[int, float] = {}
         self.done_at: dict[int, float] = {}
         self.running_on: dict[int, str] = {}
         self._events: list[tuple[float, int, int, str, object]] = []
         self._seq = 0
         self._seed = seed
         self._boot_rngs: dict[str, random.Random] = {}
+        self._evict_rng = random.Random(f"evict-{seed}")
+        self._burst_rng = random.Random(f"burst-{seed}")  # same bursts at every eviction rate
+        self.attempt_started: dict[int, float] = {}  # job -> start of its current attempt
+        self.first_started: dict[int, float] = {}
+        self.lost_s: dict[int, float] = {}  # job -> processing lost to evictions
+        if params.burst_rate_per_h > 0 and params.spot_vms:
+            self._next_burst()
 
     # --- what controllers may read ---------------------------------------------------------
     @property
@@ -100,13 +131,20 @@ class Pool:
     # --- what controllers may do ------------------------------------------------------------
     def start(self, name: str) -> None:
         vm = self.vms[name]
-        if vm.state != DEALLOCATED:
+        if vm.state not in (DEALLOCATED, EVICTED):
             raise SimulationError(f"start {name}: it is {vm.state}, not deallocated")
+        if vm.priority == SPOT and self.now < self.spot_refused_until:
+            self._set(vm, EVICTED)
+            raise StartRefused(f"start {name}: no spot capacity")
+        self._stop_billing(vm)  # evicted moments ago: the notice's seconds are billed already
         self._set(vm, STARTING)
         vm.billed_from = self.now
         vm.generation += 1
         vm.boots += 1
         self.schedule(self.now + self._boot_time(vm), READY, (name, vm.generation))
+        if vm.priority == SPOT and self.params.eviction_rate_per_h > 0:
+            gap = self._evict_rng.expovariate(self.params.eviction_rate_per_h / 3600.0)
+            self.schedule(self.now + gap, EVICT, (name, vm.generation))
 
     def deallocate(self, name: str) -> None:
         vm = self.vms[name]
@@ -155,22 +193,44 @@ class Pool:
     def _stop_billing(self, vm: SimVm) -> None:
         if vm.billed_from is not None:
             vm.billed_s += self.now - vm.billed_from
+            vm.money += (self.now - vm.billed_from) * vm.price
             vm.billed_from = None
+
+    def _next_burst(self) -> None:
+        gap = self._burst_rng.expovariate(self.params.burst_rate_per_h / 3600.0)
+        self.schedule(self.now + gap, BURST, None)
+
+    def evict(self, vm: SimVm) -> None:
+        """The Preempt notice: work goes back to the queue at once, Azure deallocates the VM
+        after the notice. The VM reads `evicted` from now on."""
+        vm.generation += 1
+        vm.evictions += 1
+        for job_id in [j for j, name in self.running_on.items() if name == vm.name]:
+            del self.running_on[job_id]
+            lost = self.now - self.attempt_started.pop(job_id)
+            self.evicted_work_s += lost
+            self.lost_s[job_id] = self.lost_s.get(job_id, 0.0) + lost
+            self.queue.appendleft(job_id)
+        vm.busy = 0
+        vm.idle_since = None
+        self._set(vm, EVICTED)
+        self.schedule(self.now + self.params.notice_s, RECLAIMED, (vm.name, vm.generation))
 
     def _boot_time(self, vm: SimVm) -> float:
         rng = self._boot_rngs.setdefault(vm.name, random.Random(f"{self._seed}-{vm.name}"))
         return vm.boot_mean * rng.lognormvariate(0.0, self.params.boot_jitter)
 
     def _begin(self, job_id: int, vm: SimVm) -> None:
-        if job_id in self.started_at:
+        if job_id in self.running_on or job_id in self.done_at:
             raise SimulationError(f"job {job_id} started twice")
         if vm.busy >= vm.slots or vm.state != RUNNING:
             raise SimulationError(f"job {job_id} on {vm.name}: no free slot ({vm.state})")
         vm.busy += 1
         vm.idle_since = None
-        self.started_at[job_id] = self.now
+        self.first_started.setdefault(job_id, self.now)
+        self.attempt_started[job_id] = self.now
         self.running_on[job_id] = vm.name
-        self.schedule(self.now + self.jobs[job_id].duration, COMPLETE, job_id)
+        self.schedule(self.now + self.jobs[job_id].duration, COMPLETE, (job_id, self.now))
 
     def dispatch(self, pull: bool) -> None:
         """Running VMs take work: their own queue first, then (pull model) the shared one,
@@ -194,10 +254,13 @@ class Pool:
             assert isinstance(data, int)
             self.queue.append(data)
         elif kind == COMPLETE:
-            assert isinstance(data, int)
-            vm = self.vms[self.running_on.pop(data)]
+            job_id, began = data  # type: ignore[misc]
+            if self.attempt_started.get(job_id) != began:
+                return  # an attempt lost to an eviction
+            del self.attempt_started[job_id]
+            vm = self.vms[self.running_on.pop(job_id)]
             vm.busy -= 1
-            self.done_at[data] = self.now
+            self.done_at[job_id] = self.now
             if vm.busy == 0:
                 vm.idle_since = self.now
                 if vm.state == DRAINING:
@@ -213,6 +276,23 @@ class Pool:
             vm = self.vms[data]
             self._set(vm, DEALLOCATED)
             self._stop_billing(vm)
+        elif kind == EVICT:
+            name, generation = data  # type: ignore[misc]
+            vm = self.vms[name]
+            if vm.generation == generation and vm.state in (STARTING, RUNNING, DRAINING):
+                self.evict(vm)
+        elif kind == BURST:
+            hit = [vm for vm in self.in_state(STARTING, RUNNING, DRAINING) if vm.priority == SPOT]
+            self._burst_rng.shuffle(hit)
+            for vm in hit[: math.ceil(len(hit) * self.params.burst_fraction)]:
+                self.evict(vm)
+            self.spot_refused_until = self.now + self.params.burst_outage_s
+            self._next_burst()
+        elif kind == RECLAIMED:
+            name, generation = data  # type: ignore[misc]
+            vm = self.vms[name]
+            if vm.generation == generation:
+                self._stop_billing(vm)
 
 
 @dataclass(frozen=True)
@@ -230,12 +310,22 @@ class Result:
     boot_ref_s: float      # the pool's typical boot time, the unit of the wait figures
     processed: int
     starts: int
+    money: float = 0.0        # billed seconds x price (on-demand = 1); equals billed_s without spot
+    billed_spot_s: float = 0.0
+    evictions: int = 0
+    lost_work_s: float = 0.0  # processing thrown away by evictions
 
     @property
     def cost_ratio(self) -> float:
         """Billed slot-seconds per processing second: 1.0 means no slot was ever paid idle.
         A VM with `slots` slots costs `slots` slot-seconds per second."""
         return self.billed_s * self.slots / self.work_s
+
+    @property
+    def money_ratio(self) -> float:
+        """Money per processing second, in on-demand slot-seconds: an on-demand-only pool's
+        money ratio is its cost ratio."""
+        return self.money * self.slots / self.work_s
 
     def wait_quantile(self, q: float) -> float:
         return quantile(self.waits_s, q)
@@ -293,7 +383,7 @@ def simulate(trace: Trace, params: PoolParams, controller: Controller, seed: int
         if len(pool.done_at) == total and not pool.in_state(STARTING, RUNNING, DRAINING,
                                                             DEALLOCATING):
             break
-    if len(pool.done_at) != total:
+    if set(pool.done_at) != set(pool.jobs) or pool.running_on or pool.queue:
         raise SimulationError(
             f"{controller.name} on {trace.name}: {total - len(pool.done_at)} of {total} jobs "
             "never finished")
@@ -307,7 +397,10 @@ def simulate(trace: Trace, params: PoolParams, controller: Controller, seed: int
 def _result(trace: Trace, params: PoolParams, controller: Controller, pool: Pool,
             end: float) -> Result:
     jobs: list[Job] = list(trace.jobs)
-    waits = tuple(pool.started_at[j.id] - j.arrival for j in jobs)
+    # A file waits while it makes no progress that counts: before its first start, and for the
+    # attempts an eviction threw away. Without evictions this is first start - arrival.
+    waits = tuple(pool.first_started[j.id] - j.arrival + pool.lost_s.get(j.id, 0.0)
+                  for j in jobs)
     first = min(j.arrival for j in jobs)
     return Result(
         policy=controller.name, trace=trace.name, slots=params.slots,
@@ -315,7 +408,11 @@ def _result(trace: Trace, params: PoolParams, controller: Controller, pool: Pool
         work_s=sum(j.duration for j in jobs), waits_s=waits,
         makespan_s=max(pool.done_at.values()) - first, horizon_s=end,
         boot_ref_s=params.boot_s, processed=len(pool.done_at),
-        starts=sum(vm.boots for vm in pool.vms.values()))
+        starts=sum(vm.boots for vm in pool.vms.values()),
+        money=sum(vm.money for vm in pool.vms.values()),
+        billed_spot_s=sum(vm.billed_s for vm in pool.vms.values() if vm.priority == SPOT),
+        evictions=sum(vm.evictions for vm in pool.vms.values()),
+        lost_work_s=pool.evicted_work_s)
 
 
 def ceil_div(a: float, b: int) -> int:

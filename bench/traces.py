@@ -45,14 +45,31 @@ class PoolParams:
     deallocate_s: float = 60.0
     idle_cooldown_s: float = 120.0  # the app's IDLE_COOLDOWN_SECONDS default
     boot_timeout_s: float = 600.0   # the app's BOOT_TIMEOUT_SECONDS default
+    # Spot members, in addition to the `vms` on-demand ones (see bench/spot.py).
+    spot_vms: int = 0
+    spot_price: float = 0.2            # a spot VM-second's price, on-demand = 1
+    eviction_rate_per_h: float = 0.0   # independent evictions per running spot VM-hour
+    burst_rate_per_h: float = 0.0      # pool-wide eviction bursts per hour
+    burst_fraction: float = 0.5        # share of the allocated spot VMs a burst takes
+    burst_outage_s: float = 1800.0     # after a burst, spot starts are refused this long
+    notice_s: float = 30.0             # Scheduled Events' Preempt notice before deallocation
+    spot_backoff_s: float = 900.0      # the app's SPOT_BACKOFF_SECONDS default
 
     def names(self) -> list[str]:
         width = max(2, len(str(self.vms)))
         return [f"vm{i:0{width}d}" for i in range(1, self.vms + 1)]
 
+    def spot_names(self) -> list[str]:
+        width = max(2, len(str(self.spot_vms)))
+        return [f"spot{i:0{width}d}" for i in range(1, self.spot_vms + 1)]
+
+    @property
+    def total_vms(self) -> int:
+        return self.vms + self.spot_vms
+
     def boot_means(self, seed: int) -> dict[str, float]:
         """Each VM's typical boot time, fixed per seed (shuffled so names say nothing)."""
-        names = self.names()
+        names = self.names() + self.spot_names()
         n = len(names)
         low, high = self.boot_s * (1 - self.boot_spread), self.boot_s * (1 + self.boot_spread)
         values = [low + (high - low) * (i + 0.5) / n for i in range(n)]

@@ -72,6 +72,19 @@ class VmState(str, Enum):
     DRAINING = "draining"
     DEALLOCATING = "deallocating"
     FAILED = "failed"
+    # A spot VM whose capacity Azure took back (evicted, or a start refused for lack of spot
+    # capacity); not started again for SPOT_BACKOFF_SECONDS.
+    EVICTED = "evicted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class VmPriority(str, Enum):
+    """A pool member's Azure priority: on-demand (`Regular`) or `Spot`."""
+
+    REGULAR = "regular"
+    SPOT = "spot"
 
     def __str__(self) -> str:
         return self.value

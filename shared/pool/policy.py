@@ -27,13 +27,18 @@ The rules, in order of preference (the seed's VM selector, made capacity-aware):
    are stopped at once.
 4. A VM that stays `starting` longer than `boot_timeout_s` is marked failed, and its capacity is
    replaced in the same evaluation.
+5. Spot members (`priority` "spot") cost a fraction of on-demand ones, so they are started
+   first and kept warm first; on-demand members are the fallback and the first to go when idle.
+   A spot VM whose capacity was taken back (evicted, or its start refused for lack of spot
+   capacity) is `evicted` and is not started again for `spot_backoff_s`: capacity that was just
+   reclaimed rarely comes back within minutes, and an on-demand member serves meanwhile.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from shared.contracts import VmState
+from shared.contracts import VmPriority, VmState
 
 # The pool's VM states (declared in `shared.contracts`), as the plain strings a view holds.
 DEALLOCATED = VmState.DEALLOCATED.value
@@ -42,7 +47,12 @@ RUNNING = VmState.RUNNING.value
 DRAINING = VmState.DRAINING.value
 DEALLOCATING = VmState.DEALLOCATING.value
 FAILED = VmState.FAILED.value
+EVICTED = VmState.EVICTED.value
 STATES = frozenset(state.value for state in VmState)
+
+REGULAR = VmPriority.REGULAR.value  # on-demand; Azure's `priority: Regular`
+SPOT = VmPriority.SPOT.value        # Azure's `priority: Spot`, evictionPolicy Deallocate
+PRIORITIES = frozenset(p.value for p in VmPriority)
 
 
 class PolicyInputError(ValueError):
@@ -60,6 +70,7 @@ class VmView:
 
     `idle_since` is when `busy` last became 0 (running VMs); None while busy.
     `boot_estimate_s` is how long a start of this VM is expected to take (e.g. its last boot).
+    `priority` is "regular" (on-demand) or "spot".
     """
 
     name: str
@@ -69,6 +80,7 @@ class VmView:
     idle_since: float | None
     state_since: float
     boot_estimate_s: float
+    priority: str = REGULAR
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -77,6 +89,9 @@ class VmView:
             raise PolicyInputError(
                 f"VM {self.name!r}: unknown state {self.state!r} "
                 f"(expected one of {', '.join(sorted(STATES))})")
+        if self.priority not in PRIORITIES:
+            raise PolicyInputError(
+                f"VM {self.name!r}: unknown priority {self.priority!r} (expected regular or spot)")
         if self.slots < 1:
             raise PolicyInputError(f"VM {self.name!r}: slots must be at least 1, got {self.slots}")
         if not 0 <= self.busy <= self.slots:
@@ -102,6 +117,7 @@ class PolicyConfig:
     idle_cooldown_s: float
     boot_timeout_s: float
     min_running: int = 0
+    spot_backoff_s: float = 900.0  # SPOT_BACKOFF_SECONDS: an evicted VM waits this long
 
     def __post_init__(self) -> None:
         if self.max_running < 0:
@@ -110,7 +126,7 @@ class PolicyConfig:
             raise PolicyInputError(
                 f"min_running must be from 0 to max_running ({self.max_running}), "
                 f"got {self.min_running}")
-        for name in ("idle_cooldown_s", "boot_timeout_s"):
+        for name in ("idle_cooldown_s", "boot_timeout_s", "spot_backoff_s"):
             value = getattr(self, name)
             _finite(name, value)
             if value < 0:
@@ -215,6 +231,30 @@ def _typical_boot(vms: list[VmView]) -> float:
     return boots[len(boots) // 2]
 
 
+def startable(vm: VmView, now: float, config: PolicyConfig) -> bool:
+    """Deallocated, or evicted long enough ago that spot capacity may be back."""
+    if vm.state == DEALLOCATED:
+        return True
+    return vm.state == EVICTED and now - vm.state_since >= config.spot_backoff_s
+
+
+def after_refusal(snapshot: Snapshot, refused: frozenset[str] | set[str] = frozenset(),
+                  ) -> Snapshot:
+    """The snapshot as it stands once a start was refused for lack of capacity: the refused
+    VMs, and every stopped spot member (capacity is per size and region, so the others would
+    be refused too), read evicted as of now, so `decide` turns to other, on-demand members."""
+    def view(vm: VmView) -> VmView:
+        stopped = vm.state in (DEALLOCATED, EVICTED)
+        if stopped and (vm.priority == SPOT or vm.name in refused):
+            return replace(vm, state=EVICTED, state_since=snapshot.now)
+        return vm
+    return replace(snapshot, vms=tuple(view(vm) for vm in snapshot.vms))
+
+
+def _cheap_first(vm: VmView) -> int:
+    return 0 if vm.priority == SPOT else 1
+
+
 def _idle_for(vm: VmView, now: float) -> float:
     since = vm.idle_since if vm.idle_since is not None else vm.state_since
     return now - since
@@ -256,8 +296,8 @@ def decide(snapshot: Snapshot, config: PolicyConfig) -> Actions:
     budget = config.max_running - counted
     start: list[str] = []
     if short > 0 or below_min > 0:
-        candidates = sorted((vm for vm in vms if vm.state == DEALLOCATED),
-                            key=lambda vm: (vm.boot_estimate_s, vm.name))
+        candidates = sorted((vm for vm in vms if startable(vm, now, config)),
+                            key=lambda vm: (_cheap_first(vm), vm.boot_estimate_s, vm.name))
         for vm in candidates:
             if budget <= 0 or (short <= 0 and below_min <= 0):
                 break
@@ -266,11 +306,12 @@ def decide(snapshot: Snapshot, config: PolicyConfig) -> Actions:
             below_min -= 1
             budget -= 1
 
-    # Rule 3: idle VMs, longest idle first (closest to the end of their cooldown).
+    # Rule 3: idle VMs, spot first (cheapest to keep warm), then longest idle first (closest to
+    # the end of their cooldown); on-demand VMs come last, so they are the ones let go.
     spare = free - snapshot.queued  # free slots nobody is waiting for
     up = len(running) + len(starting)
     idle = sorted((vm for vm in running if vm.busy == 0),
-                  key=lambda vm: (-_idle_for(vm, now), vm.name))
+                  key=lambda vm: (_cheap_first(vm), -_idle_for(vm, now), vm.name))
     reserve = warm_reserve(snapshot.in_flight, snapshot.arrivals_per_s, _typical_boot(vms))
     warm = max(0, spare - sum(vm.slots for vm in idle))  # already warm on busy/starting VMs
     for vm in idle:
