@@ -120,7 +120,7 @@ class QueueListener:
             metadata: dict[str, Any] = {}
             try:
                 parsed = json.loads(body)
-            except (ValueError, UnicodeDecodeError, RecursionError):
+            except (ValueError, UnicodeDecodeError):
                 parsed = None
             if isinstance(parsed, dict):
                 metadata.update(parsed)

@@ -1,14 +1,13 @@
 """Blob, queue and table input/output bindings, and binding expressions like `out/{name}`.
 
 All calls here block (the sync Azure SDK); the host runs them on its I/O thread pool.
-Connections resolve through `devhost.connections.HostConnection`, as the host resolves them
-(connection strings and identity-based settings).
+Connections resolve through `shared.storage.StorageConnection`, so connection strings and
+identity-based settings work as in the app.
 """
 from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import threading
 import uuid
@@ -20,8 +19,8 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient, QueueServiceClient
 
-from devhost.connections import ConnectionSettingError, HostConnection
 from devhost.errors import BindingError
+from shared.storage import StorageConfigError, StorageConnection
 
 _EXPR = re.compile(r"\{([^{}]+)\}")
 
@@ -87,19 +86,18 @@ class StorageBindings:
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self._env = env
         self._lock = threading.Lock()
-        self._connections: dict[str, HostConnection] = {}
+        self._connections: dict[str, StorageConnection] = {}
         self._blob: dict[str, BlobServiceClient] = {}
         self._queue: dict[str, QueueServiceClient] = {}
         self._created_queues: set[tuple[str, str]] = set()
 
-    def connection(self, name: str | None) -> HostConnection:
+    def connection(self, name: str | None) -> StorageConnection:
         key = name or "AzureWebJobsStorage"
         with self._lock:
             if key not in self._connections:
                 try:
-                    self._connections[key] = HostConnection.resolve(
-                        key, os.environ if self._env is None else self._env)
-                except ConnectionSettingError as exc:
+                    self._connections[key] = StorageConnection.from_env(key, self._env)
+                except StorageConfigError as exc:
                     raise BindingError(f"connection {key!r}: {exc}") from None
             return self._connections[key]
 

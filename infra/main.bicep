@@ -277,6 +277,8 @@ var appSettings = union({
   POOL_VMS: poolVmCount == 1 ? 'vm01' : 'vm01..${last(vmNames)}'
   POOL_MAX_RUNNING: string(poolVmCount)
   POOL_MIN_RUNNING: '0'
+  POOL_SPOT_VMS: ''
+  SPOT_BACKOFF_SECONDS: '900'
   VM_SLOTS: '1'
   BOOT_TIMEOUT_SECONDS: '600'
   IDLE_COOLDOWN_SECONDS: '120'

@@ -78,6 +78,8 @@ class Services:
 
     @cached_property
     def idempotency(self) -> IdempotencyStore:
+        from datetime import timedelta  # noqa: PLC0415
+
         return IdempotencyStore(
             self.table(self.settings.idempotency_table),
             timedelta(seconds=self.settings.idempotency_retention_seconds))
@@ -100,10 +102,11 @@ class Services:
             return self._scaler
 
     def sync_members(self, scaler: Scaler | None = None) -> list[str]:
-        """Give every VM of `POOL_VMS` a row; returns the names newly added."""
+        """Give every VM of `POOL_VMS` and `POOL_SPOT_VMS` a row; returns the names newly
+        added."""
         scaler = scaler or self.scaler
         return sync_members(self.registry, self.settings.pool_vms, self.settings.vm_slots,
-                            scaler.backend)
+                            scaler.backend, self.settings.pool_spot_vms)
 
 
 _services: Services | None = None

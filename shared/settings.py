@@ -161,6 +161,10 @@ class Settings:
 
     pool_backend: str = _setting("POOL_BACKEND", _choice("local", "azure", "external"), "local")
     pool_vms: str = _setting("POOL_VMS", parse_text, "vm01..vm03")
+    # Members that are Azure Spot VMs (same syntax as POOL_VMS; empty: none). They are started
+    # first; an evicted one waits SPOT_BACKOFF_SECONDS before it is started again.
+    pool_spot_vms: str = _setting("POOL_SPOT_VMS", str, "")
+    spot_backoff_seconds: int = _setting("SPOT_BACKOFF_SECONDS", _int_range(0, 86400), "900")
     pool_max_running: int = _setting("POOL_MAX_RUNNING", _int_range(0, 1000), "10")
     pool_min_running: int = _setting("POOL_MIN_RUNNING", _int_range(0, 1000), "0")
     vm_slots: int = _setting("VM_SLOTS", _int_range(1, 256), "1")

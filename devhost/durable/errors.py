@@ -46,10 +46,10 @@ class PayloadTooLargeError(DurableError):
     status = 413
 
 
-class NoRouteError(DurableError):
-    """No durable API route for this path and method (the real API answers a bare 404)."""
+class MethodNotAllowedError(DurableError):
+    """The route exists but not for this HTTP method."""
 
-    status = 404
+    status = 405
 
 
 class NotSupportedError(DurableError):

@@ -24,11 +24,11 @@ from shared.conditional import (
     retry_on_conflict,
     update_if_unchanged,
 )
-from shared.contracts import VmState, is_valid_vm_name, validate_vm_name
+from shared.contracts import VmPriority, VmState, is_valid_vm_name, validate_vm_name
 
 __all__ = ["ACCEPTING", "STOPPING", "InvalidAddress", "InvalidTransition", "NotRemovable",
            "PoolRegistry", "RegistryContention", "RegistryError", "UnknownVm", "VmBusy",
-           "VmRecord", "VmState"]
+           "VmPriority", "VmRecord", "VmState"]
 
 PARTITION = "vm"
 MAX_REASON = 2000          # characters of a failure reason kept in the row
@@ -90,6 +90,7 @@ class VmRecord:
     reason: str = ""           # why the VM failed, or the last backend error
     operation: str = ""        # JSON handle of the backend operation in flight, if any
     boot_seconds: float = 0.0  # how long the last start took until the agent was seen
+    priority: VmPriority = VmPriority.REGULAR  # on-demand or spot
     etag: str = ""
 
     @property
@@ -107,6 +108,7 @@ class VmRecord:
             "lastActivity": self.last_activity, "stateSince": self.state_since,
             "privateIp": self.private_ip, "publicIp": self.public_ip, "reason": self.reason,
             "operation": self.operation, "bootSeconds": float(self.boot_seconds),
+            "priority": self.priority.value,
         }
         if self.last_heartbeat is not None:
             entity["lastHeartbeat"] = self.last_heartbeat
@@ -123,6 +125,7 @@ class VmRecord:
             private_ip=entity.get("privateIp", ""), public_ip=entity.get("publicIp", ""),
             reason=entity.get("reason", ""), operation=entity.get("operation", ""),
             boot_seconds=float(entity.get("bootSeconds", 0.0)),
+            priority=VmPriority(entity.get("priority") or VmPriority.REGULAR.value),
             etag=entity.metadata.get("etag", ""))
 
 
@@ -163,12 +166,15 @@ class PoolRegistry:
     # --- membership ------------------------------------------------------------------------
 
     def ensure_members(self, names: Iterable[str], slots: int,
-                       backend_ids: Mapping[str, str] | None = None) -> list[str]:
+                       backend_ids: Mapping[str, str] | None = None,
+                       spot: Iterable[str] = ()) -> list[str]:
         """Add missing members as deallocated; returns the names newly added.
 
-        Existing rows keep their state; their slot count and backend id follow the arguments
-        (so a changed `VM_SLOTS` takes effect without losing track of busy slots).
+        Existing rows keep their state; their slot count, backend id and priority (spot for
+        the names in `spot`) follow the arguments (so a changed `VM_SLOTS` takes effect
+        without losing track of busy slots).
         """
+        spot = set(spot)
         names = [validate_vm_name(n) for n in names]
         if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 256:
             raise ValueError(f"slots must be an integer from 1 to 256, got {slots!r}")
@@ -177,15 +183,17 @@ class PoolRegistry:
         added: list[str] = []
         for name in names:
             wanted_id = backend_ids.get(name)
+            priority = VmPriority.SPOT if name in spot else VmPriority.REGULAR
             current = existing.get(name)
             if current is not None and current.slots == slots and (
-                    wanted_id is None or wanted_id == current.backend_id):
+                    wanted_id is None or wanted_id == current.backend_id) and (
+                    current.priority == priority):
                 continue
             if current is None:
                 now = utcnow()
                 record = VmRecord(name=name, backend_id=wanted_id or name, slots=slots,
                                   state=VmState.DEALLOCATED, busy=0, last_activity=now,
-                                  last_heartbeat=None, state_since=now)
+                                  last_heartbeat=None, state_since=now, priority=priority)
                 try:
                     self.table.create_entity(record.to_entity())
                     added.append(name)
@@ -193,11 +201,12 @@ class PoolRegistry:
                 except ResourceExistsError:
                     pass  # added by someone else since the query
 
-            def update(rec: VmRecord, wanted_id: str | None = wanted_id) -> VmRecord | None:
+            def update(rec: VmRecord, wanted_id: str | None = wanted_id,
+                       priority: VmPriority = priority) -> VmRecord | None:
                 new_id = wanted_id or rec.backend_id
-                if rec.slots == slots and rec.backend_id == new_id:
+                if rec.slots == slots and rec.backend_id == new_id and rec.priority == priority:
                     return None
-                return replace(rec, slots=slots, backend_id=new_id)
+                return replace(rec, slots=slots, backend_id=new_id, priority=priority)
 
             self._mutate(name, update)
         return added
@@ -209,7 +218,7 @@ class PoolRegistry:
             rec = self.get(vm)
             if rec.busy > 0:
                 raise VmBusy(f"VM {vm!r} holds {rec.busy} busy slot(s); it cannot be removed")
-            if rec.state != VmState.DEALLOCATED:
+            if rec.state not in (VmState.DEALLOCATED, VmState.EVICTED):
                 raise NotRemovable(
                     f"VM {vm!r} is {rec.state.value}; only a deallocated VM can be removed")
             try:

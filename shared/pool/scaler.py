@@ -29,6 +29,7 @@ from shared.pool.backends.base import (
     STARTING,
     STOPPED,
     BackendError,
+    CapacityUnavailable,
     InvalidOperation,
     Operation,
     OperationInProgress,
@@ -43,6 +44,7 @@ from shared.pool.registry import (
     RegistryContention,
     UnknownVm,
     VmBusy,
+    VmPriority,
     VmRecord,
     VmState,
 )
@@ -70,11 +72,14 @@ class ScaleReport:
     failed: list[str] = field(default_factory=list)
     reconciled: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)  # starts refused for lack of capacity
+    fallbacks: int = 0  # decisions taken again in this pass after a refusal
 
     def to_dict(self) -> dict[str, Any]:
         return {"started": self.started, "drained": self.drained,
                 "deallocating": self.deallocating, "failed": self.failed,
                 "reconciled": self.reconciled, "errors": self.errors,
+                "fallbacks": self.fallbacks,
                 "queued": self.snapshot.queued if self.snapshot else None,
                 "inFlight": self.snapshot.in_flight if self.snapshot else None}
 
@@ -92,14 +97,16 @@ def _as_datetime(now: datetime | float | None) -> datetime:
 
 
 def sync_members(registry: PoolRegistry, pool_vms: str, slots: int,
-                 backend: PoolBackend | None = None) -> list[str]:
-    """Make sure every VM of `POOL_VMS` has a row; returns the names newly added."""
-    names = parse_pool_vms(pool_vms)
+                 backend: PoolBackend | None = None, spot_vms: str = "") -> list[str]:
+    """Make sure every VM of `POOL_VMS` and `POOL_SPOT_VMS` has a row; returns the names
+    newly added."""
+    spot = parse_pool_vms(spot_vms) if spot_vms.strip() else []
+    names = list(dict.fromkeys([*parse_pool_vms(pool_vms), *spot]))
     ids = None
     backend_id = getattr(backend, "backend_id", None)
     if callable(backend_id):
         ids = {name: backend_id(name) for name in names}
-    return registry.ensure_members(names, slots, ids)
+    return registry.ensure_members(names, slots, ids, spot=spot)
 
 
 class Scaler:
@@ -134,7 +141,8 @@ class Scaler:
         config = policy.PolicyConfig(max_running=settings.pool_max_running,
                                      idle_cooldown_s=float(settings.idle_cooldown_seconds),
                                      boot_timeout_s=float(settings.boot_timeout_seconds),
-                                     min_running=settings.pool_min_running)
+                                     min_running=settings.pool_min_running,
+                                     spot_backoff_s=float(settings.spot_backoff_seconds))
         return cls(services.registry, backend, services.work_queue, services.claims, config,
                    min_reconcile_interval_s=10.0)
 
@@ -162,7 +170,8 @@ class Scaler:
             name=rec.name, state=rec.state.value, slots=rec.slots, busy=busy,
             idle_since=_epoch(rec.last_activity) if busy == 0 else None,
             state_since=_epoch(rec.state_since),
-            boot_estimate_s=rec.boot_seconds or self.default_boot_estimate_s)
+            boot_estimate_s=rec.boot_seconds or self.default_boot_estimate_s,
+            priority=rec.priority.value)
 
     def snapshot(self, now: datetime | float | None = None,
                  records: Iterable[VmRecord] | None = None) -> policy.Snapshot:
@@ -186,10 +195,28 @@ class Scaler:
             self._last_reconcile = clock
             self.reconcile(stamp, report)
         report.snapshot = self.snapshot(stamp)
+        refused = set(report.refused)
+        if refused:  # reconcile learned of a refused start: no spot in this pass
+            report.snapshot = policy.after_refusal(report.snapshot, refused)
+            report.refused = []
         report.actions = policy.decide(report.snapshot, self.config)
-        if self.backend.manages_power:  # else the machines come and go by themselves
+        if not self.backend.manages_power:  # the machines come and go by themselves
+            return report
+        self.apply(report.actions, stamp, report)
+        # A start refused for lack of capacity left its VM `evicted`: decide again at once so
+        # other members (on-demand ones, when spot capacity is gone) cover in this same pass.
+        for _ in range(self.MAX_FALLBACKS):
+            if not report.refused:
+                break
+            report.fallbacks += 1
+            refused.update(report.refused)
+            report.refused = []
+            report.snapshot = policy.after_refusal(self.snapshot(stamp), refused)
+            report.actions = policy.decide(report.snapshot, self.config)
             self.apply(report.actions, stamp, report)
         return report
+
+    MAX_FALLBACKS = 3  # each one follows a refused start; more would only meet refusals again
 
     def apply(self, actions: policy.Actions, now: datetime | float | None = None,
               report: ScaleReport | None = None) -> ScaleReport:
@@ -226,10 +253,13 @@ class Scaler:
             rec = self.registry.transition(vm, VmState.RUNNING, [VmState.DRAINING], now=stamp)
             report.started.append(vm)
             return rec
-        self.registry.transition(vm, VmState.STARTING, [VmState.DEALLOCATED], now=stamp,
-                                 reason="", operation="")
+        self.registry.transition(vm, VmState.STARTING, [VmState.DEALLOCATED, VmState.EVICTED],
+                                 now=stamp, reason="", operation="")
         try:
             op = self.backend.start(vm)
+        except CapacityUnavailable as exc:
+            report.errors[vm] = str(exc)
+            return self._no_capacity(vm, str(exc), stamp, report)
         except OperationInProgress as exc:
             return self._start_conflict(vm, str(exc), stamp, report)
         except VmNotFound as exc:
@@ -246,6 +276,29 @@ class Scaler:
         report.started.append(vm)
         return self.registry.transition(vm, VmState.STARTING, [VmState.STARTING], now=stamp,
                                         operation=op.to_json())
+
+    def _no_capacity(self, vm: str, message: str, stamp: datetime,
+                     report: ScaleReport) -> VmRecord:
+        """Azure refused the start for capacity: a spot member reads evicted (left alone for
+        the back-off), an on-demand one deallocated; either way the pass decides again."""
+        report.refused.append(vm)
+        rec = self.registry.get(vm)
+        target = VmState.EVICTED if rec.priority == VmPriority.SPOT else VmState.DEALLOCATED
+        return self.registry.transition(vm, target, [VmState.STARTING], now=stamp,
+                                        operation="", reason=f"start refused: {message}"[:1000])
+
+    def evicted(self, vm: str, reason: str, now: datetime | float | None = None,
+                report: ScaleReport | None = None) -> VmRecord:
+        """Azure took a spot VM back (its agent saw the Preempt notice, or the power state
+        says so): it holds no slot any more and is not started for the back-off."""
+        stamp = _as_datetime(now)
+        rec = self.registry.transition(
+            vm, VmState.EVICTED, [VmState.STARTING, VmState.RUNNING, VmState.DRAINING,
+                                  VmState.DEALLOCATING, VmState.EVICTED],
+            now=stamp, busy=0, operation="", reason=reason[:1000])
+        if report is not None:
+            report.reconciled[vm] = VmState.EVICTED.value
+        return rec
 
     def _start_conflict(self, vm: str, message: str, stamp: datetime,
                         report: ScaleReport) -> VmRecord:
@@ -391,6 +444,9 @@ class Scaler:
               and _elapsed(rec.state_since, stamp) > START_GRACE_S):
             new = self._fail(vm, f"the VM is {power} although it was started", stamp, report,
                              allowed=[VmState.STARTING])
+        elif (rec.priority == VmPriority.SPOT and gone and not in_flight
+              and rec.state in (VmState.RUNNING, VmState.DRAINING)):
+            new = self.evicted(vm, f"{power} by Azure (spot eviction)", stamp)
         elif rec.state in (VmState.RUNNING, VmState.DRAINING) and gone:
             if rec.busy == 0:
                 new = self.registry.transition(
@@ -431,7 +487,9 @@ class Scaler:
             return False
         error = status.error or f"{op.kind} {status.status}"
         report.errors[rec.name] = error
-        if op.kind == "start" and rec.state == VmState.STARTING:
+        if op.kind == "start" and rec.state == VmState.STARTING and status.capacity:
+            self._no_capacity(rec.name, error, stamp, report)
+        elif op.kind == "start" and rec.state == VmState.STARTING:
             self._fail(rec.name, f"start failed: {error}", stamp, report,
                        allowed=[VmState.STARTING])
         elif op.kind == "deallocate" and rec.state == VmState.DEALLOCATING:
@@ -458,5 +516,6 @@ def run_scaler(services: Services, now: float | None = None,
     """One backstop pass with a scaler of its own: members from settings, then `run_once`."""
     scaler = Scaler.from_services(services, **backend_options)
     settings = services.settings
-    sync_members(scaler.registry, settings.pool_vms, settings.vm_slots, scaler.backend)
+    sync_members(scaler.registry, settings.pool_vms, settings.vm_slots, scaler.backend,
+                 settings.pool_spot_vms)
     return scaler.run_once(now if now is not None else time.time())

@@ -70,6 +70,9 @@ class FakeArm:
     throttles: list[dict[str, Any]] = field(default_factory=list)
     op_polls: int = 1               # InProgress answers before an operation completes
     fail_next: dict[str, dict[str, str]] = field(default_factory=dict)  # action -> ARM error
+    # action -> (HTTP status, ARM error): the request itself is refused, as Azure answers an
+    # allocation or quota refusal that it can tell at once
+    reject_next: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
@@ -309,6 +312,10 @@ def _handler(arm: FakeArm) -> type[BaseHTTPRequestHandler]:
                         409, "OperationNotAllowed",
                         f"Operation '{action}' is not allowed on VM '{name}' since the VM is "
                         f"{vm['power']}; another operation is in progress.")
+                rejected = arm.reject_next.pop(action, None)
+                if rejected is not None:
+                    status, error = rejected
+                    return self._error(status, error["code"], error["message"])
                 fail = arm.fail_next.pop(action, None)
                 if action == "start":
                     vm["power"] = "starting"

@@ -10,6 +10,7 @@ from typing import Any
 from shared.pool.backends.base import (
     POWER_STATES,
     BackendError,
+    CapacityUnavailable,
     InvalidOperation,
     Operation,
     OperationInProgress,
@@ -21,8 +22,9 @@ from shared.pool.backends.base import (
 from shared.pool.registry import PoolRegistry
 from shared.settings import Settings
 
-__all__ = ["POWER_STATES", "BackendError", "InvalidOperation", "Operation",
-           "OperationInProgress", "OperationStatus", "PoolBackend", "Throttled", "VmNotFound",
+__all__ = ["POWER_STATES", "BackendError", "CapacityUnavailable", "InvalidOperation",
+           "Operation", "OperationInProgress", "OperationStatus", "PoolBackend", "Throttled",
+           "VmNotFound",
            "local_agent_env", "local_state_dir", "make_backend", "provisioning_defaults"]
 
 _STORAGE_SUFFIXES = ("blobServiceUri", "queueServiceUri", "tableServiceUri", "accountName",

@@ -35,6 +35,7 @@ from shared.pool.backends.base import (
     STOPPED,
     UNKNOWN,
     BackendError,
+    CapacityUnavailable,
     InvalidOperation,
     Operation,
     OperationInProgress,
@@ -42,6 +43,7 @@ from shared.pool.backends.base import (
     PoolBackend,
     Throttled,
     VmNotFound,
+    is_capacity_error,
     now_s,
 )
 from shared.pool.members import InvalidVmName, validate_vm_name
@@ -169,6 +171,8 @@ class AzureBackend(PoolBackend):
             code = getattr(exc.error, "code", None) or ""
             detail = getattr(exc.error, "message", None) or exc.reason or ""
             text = f"{what} VM {vm!r}: HTTP {status} {code} {detail}".strip()
+            if is_capacity_error(code, detail):
+                raise CapacityUnavailable(f"no capacity to {text}") from None
             if status == 429:
                 raise Throttled(f"throttled by Azure: {text}", _retry_after(exc)) from None
             if status == 409:
@@ -417,8 +421,11 @@ class AzureBackend(PoolBackend):
         if status.lower() not in _FINISHED:
             return OperationStatus(operation, done=False, status=status)
         if status.lower() != "succeeded":
+            error = method.error_text()
+            code, _, message = error.partition(": ")
             return OperationStatus(operation, done=True, succeeded=False, status=status,
-                                   error=method.error_text() or f"{operation.kind} {status}")
+                                   error=error or f"{operation.kind} {status}",
+                                   capacity=is_capacity_error(code, message))
         following = self._next_step(operation)
         if following is not None:
             return OperationStatus(following, done=False, status="InProgress")

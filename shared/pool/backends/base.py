@@ -40,6 +40,27 @@ class VmNotFound(BackendError):
     """The backend has no machine of that name."""
 
 
+class CapacityUnavailable(BackendError):
+    """Azure has no capacity (or quota) for the start: spot capacity taken, the size not
+    offered in the region or zone. Another member, on-demand, may still start."""
+
+
+# ARM error codes that say "no capacity for this VM now" rather than "this VM is broken"
+# (docs: "Troubleshoot allocation failures", "Use Azure Spot Virtual Machines").
+CAPACITY_ERROR_CODES = frozenset({
+    "SkuNotAvailable", "OverconstrainedAllocationRequest",
+    "OverconstrainedZonalAllocationRequest", "AllocationFailed", "ZonalAllocationFailed",
+    "QuotaExceeded", "SpotQuotaExceeded", "LowPriorityQuotaExceeded"})
+
+
+def is_capacity_error(code: str, message: str = "") -> bool:
+    """True for an ARM error that means no capacity. Quota refusals come as the generic
+    `OperationNotAllowed` whose message names the quota, so that one code needs its text."""
+    if code in CAPACITY_ERROR_CODES:
+        return True
+    return code == "OperationNotAllowed" and "quota" in message.lower()
+
+
 class OperationInProgress(BackendError):
     """Another operation on the same VM is still running (e.g. it is already starting)."""
 
@@ -84,6 +105,7 @@ class OperationStatus:
     succeeded: bool = False
     status: str = ""
     error: str = ""
+    capacity: bool = False  # it failed for lack of capacity (see `CapacityUnavailable`)
 
 
 def now_s() -> float:
