@@ -12,8 +12,9 @@ AZURITE_DIR := .azurite
 .PHONY: install run test lint bench clean azurite
 
 CHROMIUM := /usr/bin/chromium
+CLOUD_INIT := /usr/bin/cloud-init
 
-install: $(VENV)/.installed node_modules/.installed $(CHROMIUM)
+install: $(VENV)/.installed node_modules/.installed $(CHROMIUM) $(CLOUD_INIT)
 
 $(VENV)/.installed: requirements.txt agent/requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,12 @@ $(CHROMIUM):
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "install Debian's chromium package (sudo apt-get install chromium)" >&2; exit 1; fi
+
+# `cloud-init schema` validates the pool VMs' cloud-config (tests/pool/test_vm_description.py).
+$(CLOUD_INIT):
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cloud-init; \
+	else echo "install Debian's cloud-init package (sudo apt-get install cloud-init)" >&2; exit 1; fi
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error

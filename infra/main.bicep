@@ -219,6 +219,9 @@ module storageRoles 'app/rbac.bicep' = {
   }
 }
 
+var agentPackageUrl = 'https://${storage.outputs.name}.blob.${environment().suffixes.storage}/${agentPackageContainer}/vmpool-agent.tar.gz'
+var appBaseUrl = 'https://${functionAppName}.azurewebsites.net'
+
 module pool 'app/vmpool.bicep' = {
   name: 'vmpool'
   scope: poolRg
@@ -241,8 +244,8 @@ module pool 'app/vmpool.bicep' = {
     vmTable: names.vmTable
     agentFunctionKey: agentFunctionKey
     agentActions: agentActions
-    agentPackageUrl: 'https://${storage.outputs.name}.blob.${environment().suffixes.storage}/${agentPackageContainer}/vmpool-agent.tar.gz'
-    appBaseUrl: 'https://${functionAppName}.azurewebsites.net'
+    agentPackageUrl: agentPackageUrl
+    appBaseUrl: appBaseUrl
   }
 }
 
@@ -306,6 +309,13 @@ var appSettings = union({
   POOL_ADMIN_USERNAME: vmAdminUsername
   POOL_SSH_PUBLIC_KEY: vmAdminSshPublicKey
   POOL_PUBLIC_IP: poolPublicIpEnabled ? 'true' : 'false'
+  // ...and its agent (the same settings vmpool.bicep gives vm01..vmNN)
+  POOL_VM_IDENTITY_ID: vmIdentity.outputs.id
+  POOL_VM_IDENTITY_CLIENT_ID: vmIdentity.outputs.clientId
+  POOL_AGENT_PACKAGE_URL: agentPackageUrl
+  POOL_AGENT_API_BASE_URL: appBaseUrl
+  POOL_AGENT_FUNCTION_KEY: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.agentKeySecretUri})'
+  POOL_AGENT_ACTIONS: string(agentActions)
   // local backend only (not used in Azure); set to their defaults so nothing is left unset
   LOCAL_AGENT_COMMAND: 'python -m agent'
   LOCAL_STATE_DIR: ''

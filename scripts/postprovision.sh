@@ -1,7 +1,7 @@
 #!/bin/sh
 # azd postprovision hook: publish the agent (agent/ + shared/ + requirements) as a tarball in the
 # agent-package container, where the pool VMs' cloud-init fetches it with their managed identity
-# (placeholder __AGENT_PACKAGE_URL__). VMs that boot before the upload keep retrying the download.
+# (VMPOOL_AGENT_PACKAGE_URL in each VM's userData). VMs that boot before the upload keep retrying the download.
 set -eu
 
 : "${AZURE_STORAGE_ACCOUNT_NAME:?}"
@@ -9,7 +9,7 @@ container="${AGENT_PACKAGE_CONTAINER:-agent-package}"
 blob="${AGENT_PACKAGE_BLOB:-vmpool-agent.tar.gz}"
 package="$(mktemp -d)/$blob"
 
-# agent/ (with its requirements.txt) and shared/ at the top, as agent/deploy/cloud-init.yaml expects.
+# agent/ (with its requirements.txt) and shared/ at the top, as shared/pool/vm/cloud-init.yaml expects.
 tar --exclude='__pycache__' --exclude='*.pyc' -czf "$package" agent shared
 az storage blob upload --auth-mode login --account-name "$AZURE_STORAGE_ACCOUNT_NAME" \
   --container-name "$container" --name "$blob" --file "$package" --overwrite --output none

@@ -7,6 +7,7 @@ inside a trigger.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -102,6 +103,20 @@ def parse_actions(raw: str) -> tuple[str, ...]:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
             raise ValueError(f"action name {name!r} may only hold letters, digits, _ and -")
     return names
+
+
+def parse_json_object(raw: str) -> str:
+    """A JSON object (kept as text), or empty."""
+    text = raw.strip()
+    if not text:
+        return ""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ValueError("expected a JSON object") from None
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return text
 
 
 def parse_text(raw: str) -> str:
@@ -203,6 +218,13 @@ class Settings:
     pool_admin_username: str = _setting("POOL_ADMIN_USERNAME", str, "")
     pool_ssh_public_key: str = _setting("POOL_SSH_PUBLIC_KEY", str, "")
     pool_public_ip: bool = _setting("POOL_PUBLIC_IP", parse_bool, "false")
+    # ...and what its agent needs (shared/pool/vmspec.py writes them into the VM's userData)
+    pool_vm_identity_id: str = _setting("POOL_VM_IDENTITY_ID", str, "")
+    pool_vm_identity_client_id: str = _setting("POOL_VM_IDENTITY_CLIENT_ID", str, "")
+    pool_agent_package_url: str = _setting("POOL_AGENT_PACKAGE_URL", str, "")
+    pool_agent_api_base_url: str = _setting("POOL_AGENT_API_BASE_URL", str, "")
+    pool_agent_function_key: str = _setting("POOL_AGENT_FUNCTION_KEY", str, "", secret=True)
+    pool_agent_actions: str = _setting("POOL_AGENT_ACTIONS", parse_json_object, "")
     # local pool backend: the agent command, where pid files live, how long a stop may take
     local_agent_command: str = _setting("LOCAL_AGENT_COMMAND", parse_text, "python -m agent")
     local_state_dir: str = _setting("LOCAL_STATE_DIR", str, "")

@@ -1,13 +1,16 @@
 // The VM pool: a VNet with one subnet (NSG, NAT gateway for outbound), and N Linux VMs named
-// vm01..vmNN, each with a NIC (no public IP by default) and the shared VM identity. cloud-init
-// (agent/deploy/cloud-init.yaml, placeholders filled per VM) installs the agent as a systemd
-// service. Bicep cannot leave a VM deallocated: every VM boots once, its agent finds no work
+// vm01..vmNN, each with a NIC (no public IP by default) and the shared VM identity. What a pool
+// VM is comes from shared/pool/vm/ (profile.json: identity kind, disk, Trusted Launch, Linux
+// settings; cloud-init.yaml: the agent as a systemd service), the same files pool.add builds its
+// VMs from (shared/pool/vmspec.py). Each VM's agent settings are its userData. Bicep cannot leave a VM deallocated: every VM boots once, its agent finds no work
 // and asks to go idle, and the app's scaler deallocates idle VMs on its first pass.
 param location string
 param tags object = {}
 param resourceToken string
 param vmNames array
 param vmSize string
+@description('Files each VM works on at once (VM_SLOTS).')
+param vmSlots int = 1
 
 @description('imageReference of the VMs: publisher, offer, sku, version')
 param vmImage object
@@ -37,7 +40,8 @@ param agentActions object
 param addressPrefix string = '10.40.0.0/16'
 param subnetPrefix string = '10.40.0.0/24'
 
-var cloudInitTemplate = loadTextContent('../../agent/deploy/cloud-init.yaml')
+var vmProfile = loadJsonContent('../../shared/pool/vm/profile.json')
+var cloudInit = loadTextContent('../../shared/pool/vm/cloud-init.yaml')
 var storageSuffix = environment().suffixes.storage
 
 resource nsg 'Microsoft.Network/networkSecurityGroups@2024-01-01' = {
@@ -109,8 +113,8 @@ resource nics 'Microsoft.Network/networkInterfaces@2024-01-01' = [for (name, i) 
   location: location
   tags: tags
   properties: {
-    enableAcceleratedNetworking: false
-    enableIPForwarding: false
+    enableAcceleratedNetworking: vmProfile.nic.enableAcceleratedNetworking
+    enableIPForwarding: vmProfile.nic.enableIPForwarding
     ipConfigurations: [
       {
         name: 'ipconfig1'
@@ -124,14 +128,16 @@ resource nics 'Microsoft.Network/networkInterfaces@2024-01-01' = [for (name, i) 
   }
 }]
 
-// Each VM's agent configuration (the agent's AGENT_* variables) as an environment file. The
-// cloud-init template writes it from base64 (placeholder __AGENT_ENV_B64__, so no quoting or YAML
-// indentation can break it) and fetches the agent from __AGENT_PACKAGE_URL__.
+// Each VM's agent configuration (the agent's AGENT_* variables) as an environment file, the
+// VM's userData: cloud-init's vmpool-agent-settings writes it to /etc/vmpool-agent/agent.env
+// before every agent start, so a changed userData takes effect without re-creating the VM.
+// shared/pool/vmspec.py agent_env() writes the same names for VMs from pool.add.
 var agentEnv = [for name in vmNames: join([
   'AGENT_VM_NAME=${name}'
   'AGENT_API_BASE_URL=${appBaseUrl}'
   'AGENT_FUNCTION_KEY=${agentFunctionKey}'
   'AGENT_ACTIONS=${string(agentActions)}'
+  'AGENT_SLOTS=${vmSlots}'
   'AGENT_STORAGE__blobServiceUri=https://${storageAccountName}.blob.${storageSuffix}'
   'AGENT_STORAGE__queueServiceUri=https://${storageAccountName}.queue.${storageSuffix}'
   'AGENT_STORAGE__tableServiceUri=https://${storageAccountName}.table.${storageSuffix}'
@@ -142,18 +148,22 @@ var agentEnv = [for name in vmNames: join([
   'AGENT_CLAIM_TABLE=${claimTable}'
   'AGENT_VM_TABLE=${vmTable}'
   'AZURE_CLIENT_ID=${vmIdentityClientId}'
+  'VMPOOL_AGENT_PACKAGE_URL=${agentPackageUrl}'
   ''
 ], '\n')]
-var customData = [for (name, i) in vmNames: replace(replace(cloudInitTemplate, '__AGENT_ENV_B64__', base64(agentEnv[i])), '__AGENT_PACKAGE_URL__', agentPackageUrl)]
 
 resource vms 'Microsoft.Compute/virtualMachines@2024-07-01' = [for (name, i) in vmNames: {
   // checkov:skip=CKV_AZURE_97: encryption at host needs the EncryptionAtHost feature registered on the subscription; managed disks are encrypted at rest with platform keys anyway
   // checkov:skip=CKV_AZURE_151: same as CKV_AZURE_97 (the check's title says Windows; these are Linux VMs)
+  // checkov:skip=CKV_AZURE_1: SSH keys only: disablePasswordAuthentication comes from shared/pool/vm/profile.json (loadJsonContent, which checkov does not read); tests/pool/test_vm_description.py holds it true
+  // checkov:skip=CKV_AZURE_149: same as CKV_AZURE_1
+  // checkov:skip=CKV_AZURE_178: same as CKV_AZURE_1 (the ssh publicKeys are set below)
+  // checkov:skip=CKV_AZURE_50: allowExtensionOperations is false in shared/pool/vm/profile.json; tests/pool/test_vm_description.py checks it
   name: name
   location: location
   tags: union(tags, { 'vmpool-member': name })
   identity: {
-    type: 'UserAssigned'
+    type: vmProfile.identityType
     userAssignedIdentities: { '${vmIdentityId}': {} }
   }
   properties: {
@@ -161,10 +171,8 @@ resource vms 'Microsoft.Compute/virtualMachines@2024-07-01' = [for (name, i) in 
     osProfile: {
       computerName: name
       adminUsername: adminUsername
-      customData: base64(customData[i])
-      linuxConfiguration: {
-        disablePasswordAuthentication: true
-        provisionVMAgent: true
+      customData: base64(cloudInit)
+      linuxConfiguration: union(vmProfile.linuxConfiguration, {
         ssh: {
           publicKeys: [
             {
@@ -173,28 +181,19 @@ resource vms 'Microsoft.Compute/virtualMachines@2024-07-01' = [for (name, i) in 
             }
           ]
         }
-        patchSettings: { patchMode: 'ImageDefault' }
-      }
-      allowExtensionOperations: false
+      })
+      allowExtensionOperations: vmProfile.allowExtensionOperations
     }
-    securityProfile: {
-      securityType: 'TrustedLaunch'
-      uefiSettings: { secureBootEnabled: true, vTpmEnabled: true }
-      encryptionAtHost: false
-    }
+    securityProfile: vmProfile.securityProfile
+    userData: base64(agentEnv[i])
     storageProfile: {
       imageReference: vmImage
-      osDisk: {
-        name: '${name}-osdisk'
-        createOption: 'FromImage'
-        deleteOption: 'Delete'
-        managedDisk: { storageAccountType: 'StandardSSD_LRS' }
-      }
+      osDisk: union(vmProfile.osDisk, { name: '${name}-osdisk' })
     }
     networkProfile: {
-      networkInterfaces: [{ id: nics[i].id, properties: { deleteOption: 'Delete' } }]
+      networkInterfaces: [{ id: nics[i].id, properties: { primary: true, deleteOption: 'Delete' } }]
     }
-    diagnosticsProfile: { bootDiagnostics: { enabled: true } }
+    diagnosticsProfile: vmProfile.diagnosticsProfile
   }
 }]
 

@@ -14,6 +14,7 @@ from agent.config import load
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "agent" / "deploy"
+CLOUD_INIT = REPO / "shared" / "pool" / "vm" / "cloud-init.yaml"
 ENV_TEXT = "\n".join([
     "AGENT_VM_NAME=vm03",
     "AGENT_API_BASE_URL=https://app.example.net",
@@ -29,11 +30,9 @@ ENV_TEXT = "\n".join([
 ])
 
 
-def _cloud_init(replacements: dict[str, str] | None = None) -> dict:
-    text = (DEPLOY / "cloud-init.yaml").read_text()
+def _cloud_init() -> dict:
+    text = CLOUD_INIT.read_text()
     assert text.startswith("#cloud-config\n")
-    for key, value in (replacements or {}).items():
-        text = text.replace(key, value)
     return yaml.safe_load(text)
 
 
@@ -41,32 +40,49 @@ def _files(doc: dict) -> dict[str, dict]:
     return {f["path"]: f for f in doc["write_files"]}
 
 
-def test_cloud_init_embeds_the_unit_and_a_valid_install_script(tmp_path: Path) -> None:
+def test_cloud_init_embeds_the_unit_and_valid_scripts(tmp_path: Path) -> None:
     doc = _cloud_init()
     files = _files(doc)
     unit = files["/etc/systemd/system/vmpool-agent.service"]["content"]
     assert unit == (DEPLOY / "vmpool-agent.service").read_text()
-    script = files["/usr/local/sbin/vmpool-agent-install"]["content"]
-    (tmp_path / "install.sh").write_text(script)
-    subprocess.run(["sh", "-n", str(tmp_path / "install.sh")], check=True)
-    assert doc["runcmd"] == [["/usr/local/sbin/vmpool-agent-install", "__AGENT_PACKAGE_URL__"]]
-    assert files["/etc/vmpool-agent/agent.env"]["content"] == "__AGENT_ENV_B64__"
+    for name in ("vmpool-agent-install", "vmpool-agent-settings"):
+        script = files[f"/usr/local/sbin/{name}"]["content"]
+        (tmp_path / name).write_text(script)
+        subprocess.run(["sh", "-n", str(tmp_path / name)], check=True)
+    assert doc["runcmd"] == [["/usr/local/sbin/vmpool-agent-settings"],
+                             ["/usr/local/sbin/vmpool-agent-install"]]
 
 
-def test_templated_env_file_configures_the_agent(tmp_path: Path) -> None:
-    """Replace the placeholders as the deployment does; the agent reads the result intact."""
-    doc = _cloud_init({"__AGENT_ENV_B64__": base64.b64encode(ENV_TEXT.encode()).decode(),
-                       "__AGENT_PACKAGE_URL__": "https://acct.blob.core.windows.net/p/a.tgz"})
-    entry = _files(doc)["/etc/vmpool-agent/agent.env"]
-    assert entry["encoding"] == "b64" and entry["permissions"] == "0600"
-    env_file = tmp_path / "agent.env"
-    env_file.write_bytes(base64.b64decode(entry["content"]))
+def test_settings_script_writes_the_user_data_and_keeps_the_last_good_file(
+        tmp_path: Path) -> None:
+    """The script run before every agent start, against a stand-in metadata service (curl on
+    PATH answers with the userData, or fails as an unreachable service does)."""
+    script = _files(_cloud_init())["/usr/local/sbin/vmpool-agent-settings"]["content"]
+    etc = tmp_path / "etc"
+    script = script.replace("/etc/vmpool-agent", str(etc))
+    (tmp_path / "settings.sh").write_text(script)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    answer = tmp_path / "answer"
+    (bin_dir / "curl").write_text(f'#!/bin/sh\n[ -f "{answer}" ] && exec cat "{answer}"\nexit 7\n')
+    (bin_dir / "curl").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    answer.write_text(base64.b64encode(ENV_TEXT.encode()).decode())
+    subprocess.run(["sh", str(tmp_path / "settings.sh")], check=True, env=env)
+    env_file = etc / "agent.env"
+    assert env_file.read_text() == ENV_TEXT
     config = load({"AGENT_CONFIG": str(env_file)})
     assert config.vm_name == "vm03"
     assert config.actions == {"process": ("convert", "--mode", "fast", "{input}", "{output}")}
     assert config.storage.credential_kind == "managedidentity"
     assert config.extra_env == {"AZURE_CLIENT_ID": "11111111-2222-3333-4444-555555555555"}
-    assert doc["runcmd"][0][1].endswith("/a.tgz")
+    answer.unlink()  # the metadata service does not answer: the last good settings stay
+    subprocess.run(["sh", str(tmp_path / "settings.sh")], check=True, env=env)
+    assert env_file.read_text() == ENV_TEXT
+    env_file.unlink()  # ...and with none at all, the agent is not started on nothing
+    failed = subprocess.run(["sh", str(tmp_path / "settings.sh")], env=env, check=False,
+                            capture_output=True, text=True)
+    assert failed.returncode != 0 and "no userData" in failed.stderr
 
 
 def test_unit_restarts_on_failure_and_drains_on_stop() -> None:

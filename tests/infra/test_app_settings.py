@@ -65,19 +65,12 @@ def test_functions_disabled_in_staging_exist(infra: Path, root: Path) -> None:
 
 def test_vm_agent_environment_names_what_the_agent_reads(infra: Path) -> None:
     text = br.read(infra / "app" / "vmpool.bicep")
-    block = text[text.index("var agentEnv"):text.index("var customData")]
+    block = text[text.index("var agentEnv"):text.index("resource vms")]
     names = set(re.findall(r"^\s*'([A-Za-z_]+)=", block, re.MULTILINE))
-    known = set(agent_variable_names()) | {"AZURE_CLIENT_ID"}
+    known = set(agent_variable_names()) | {"AZURE_CLIENT_ID", "VMPOOL_AGENT_PACKAGE_URL"}
     assert names, "no agent environment in vmpool.bicep"
     assert names <= known, f"the agent reads no {sorted(names - known)}"
     assert set(AGENT_REQUIRED) <= names, f"missing {set(AGENT_REQUIRED) - names}"
     # The agent adds /api/vms/... itself: it gets the app's root URL.
     main = br.read(infra / "main.bicep")
-    assert "appBaseUrl: 'https://${functionAppName}.azurewebsites.net'" in main
-
-
-def test_cloud_init_has_the_placeholders_the_template_fills(root: Path, infra: Path) -> None:
-    template = (root / "agent" / "deploy" / "cloud-init.yaml").read_text()
-    bicep = br.read(infra / "app" / "vmpool.bicep")
-    for placeholder in ("__AGENT_ENV_B64__", "__AGENT_PACKAGE_URL__"):
-        assert placeholder in template and f"'{placeholder}'" in bicep, placeholder
+    assert "var appBaseUrl = 'https://${functionAppName}.azurewebsites.net'" in main

@@ -1,8 +1,7 @@
-"""The pool VMs' cloud-init as the template renders it: the agent's cloud-init template with the
-per-VM environment file filled in is valid cloud-config, and the agent loads that file."""
+"""The pool VMs as vmpool.bicep describes them: the cloud-init it loads is the same for every VM
+and valid cloud-config, and each VM's userData (the agent's env file) loads in the agent."""
 from __future__ import annotations
 
-import base64
 import json
 import re
 from pathlib import Path
@@ -28,11 +27,13 @@ EXPRESSIONS = {
     "resultsContainer": "results",
     "claimTable": "tblclaim",
     "vmTable": "tblvm",
+    "vmSlots": "1",
+    "agentPackageUrl": "https://stabc.blob.core.windows.net/agent-package/a.tar.gz",
 }
 
 
 def _render_env(vmpool: str) -> str:
-    block = vmpool[vmpool.index("var agentEnv"):vmpool.index("var customData")]
+    block = vmpool[vmpool.index("var agentEnv"):vmpool.index("resource vms")]
     lines = re.findall(r"^\s*'((?:[^'\\]|\\.)*)'\s*$", block, re.MULTILINE)
     assert lines, "no agentEnv lines"
 
@@ -45,28 +46,22 @@ def _render_env(vmpool: str) -> str:
     return "\n".join(re.sub(r"\$\{([^}]+)\}", value, line) for line in lines)
 
 
-def _render_cloud_init(root: Path, infra: Path) -> tuple[dict, str]:
+def test_cloud_init_is_static_and_user_data_carries_the_agent_env(root: Path, infra: Path,
+                                                                  tmp_path: Path) -> None:
     vmpool = br.read(infra / "app" / "vmpool.bicep")
-    env_text = _render_env(vmpool)
-    template = (root / "agent" / "deploy" / "cloud-init.yaml").read_text()
-    rendered = template.replace("__AGENT_ENV_B64__", base64.b64encode(env_text.encode()).decode())
-    rendered = rendered.replace("__AGENT_PACKAGE_URL__",
-                                "https://stabc.blob.core.windows.net/agent-package/a.tar.gz")
-    assert rendered.startswith("#cloud-config")
-    assert "__AGENT_" not in rendered, "a placeholder was left unfilled"
-    return yaml.safe_load(rendered), env_text
-
-
-def test_rendered_cloud_init_is_valid_and_carries_the_agent_env(root: Path, infra: Path,
-                                                                tmp_path: Path) -> None:
-    config, env_text = _render_cloud_init(root, infra)
-    (env_file,) = [f for f in config["write_files"] if f["path"] == "/etc/vmpool-agent/agent.env"]
-    assert env_file["encoding"] == "b64"
-    decoded = base64.b64decode(env_file["content"]).decode()
-    assert decoded == env_text
-    assert any("__AGENT_" not in str(cmd) and "agent-package" in str(cmd)
-               for cmd in config["runcmd"])
-
+    template = (root / "shared" / "pool" / "vm" / "cloud-init.yaml").read_text()
+    assert template.startswith("#cloud-config")
+    assert "__AGENT_" not in template  # no placeholders: nothing in it is per VM
+    config = yaml.safe_load(template)
+    assert "customData: base64(cloudInit)" in vmpool  # the file as is, for every VM
+    assert config["runcmd"] == [["/usr/local/sbin/vmpool-agent-settings"],
+                                ["/usr/local/sbin/vmpool-agent-install"]]
+    files = {f["path"]: f for f in config["write_files"]}
+    assert "/etc/vmpool-agent/agent.env" not in files  # the settings come from userData
+    assert "ExecStartPre=+/usr/local/sbin/vmpool-agent-settings" in \
+        files["/etc/systemd/system/vmpool-agent.service"]["content"]
+    decoded = _render_env(vmpool)
+    assert "VMPOOL_AGENT_PACKAGE_URL=" + EXPRESSIONS["agentPackageUrl"] in decoded.splitlines()
     path = tmp_path / "agent.env"
     path.write_text(decoded)
     agent = load_agent_config({"AGENT_CONFIG": str(path)})

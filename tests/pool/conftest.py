@@ -23,6 +23,7 @@ import pytest
 from azure.core.credentials import AccessToken
 
 from shared.pool.registry import PoolRegistry
+from shared.pool.vmspec import AgentVmSettings
 from shared.settings import Settings
 from shared.storage import StorageConnection, ensure_resources
 
@@ -36,6 +37,19 @@ TOKEN = "test-token"
 def registry(settings: Settings, connection: StorageConnection) -> PoolRegistry:
     ensure_resources(settings, connection)
     return PoolRegistry(connection.table_service().get_table_client(settings.vm_table))
+
+
+# What a provisioned VM's agent gets in these tests (the app's POOL_AGENT_* settings).
+SAMPLE_AGENT = AgentVmSettings(
+    identity_id=(f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
+                 "Microsoft.ManagedIdentity/userAssignedIdentities/id-vm"),
+    identity_client_id="00000000-0000-0000-0000-00000000c11d",
+    package_url="https://stpool.blob.core.windows.net/agent-package/vmpool-agent.tar.gz",
+    api_base_url="https://func-pool.azurewebsites.net", function_key="agent-key==;x",
+    actions={"process": "cp {input} {output}"},
+    blob_uri="https://stpool.blob.core.windows.net",
+    queue_uri="https://stpool.queue.core.windows.net",
+    table_uri="https://stpool.table.core.windows.net")
 
 
 class StaticCredential:
@@ -87,6 +101,7 @@ class FakeArm:
         from shared.pool.backends.azure import AzureBackend  # noqa: PLC0415
 
         options.setdefault("arm_endpoint", self.base_url)
+        options.setdefault("agent", SAMPLE_AGENT)
         options.setdefault("polling_interval", 0)
         options.setdefault("retry_backoff_factor", 0.01)
         return AzureBackend(options.pop("subscription_id", SUBSCRIPTION),

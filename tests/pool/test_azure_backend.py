@@ -152,7 +152,7 @@ def test_provision_creates_public_ip_nic_then_vm(fake_arm: FakeArm,
     assert vm_body["properties"]["hardwareProfile"]["vmSize"] == "Standard_B2s"
     assert vm_body["properties"]["storageProfile"]["imageReference"]["offer"] == (
         "ubuntu-24_04-lts")
-    assert vm_body["tags"] == {"pool": "p1"}
+    assert vm_body["tags"] == {"pool": "p1", "vmpool-member": "vm09"}  # as Bicep tags them
     assert azure_backend.addresses("vm09") == {"private_ip": "10.0.0.9", "public_ip": "20.0.0.9"}
 
 

@@ -81,6 +81,17 @@ resource readerRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
+// The app writes the agents' key into the userData of VMs it creates (pool.add).
+resource agentKeyReaderRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(agentKeySecret.id, readerPrincipalId, secretsUserRole)
+  scope: agentKeySecret
+  properties: {
+    principalId: readerPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUserRole)
+  }
+}
+
 resource adminRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(adminPrincipalId)) {
   name: guid(vault.id, adminPrincipalId, secretsOfficerRole)
   scope: vault
@@ -93,3 +104,4 @@ resource adminRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!e
 
 output name string = vault.name
 output callbackSecretUri string = callbackSecret.properties.secretUri
+output agentKeySecretUri string = agentKeySecret.properties.secretUri

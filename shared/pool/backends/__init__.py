@@ -85,10 +85,14 @@ def make_backend(settings: Settings, registry: PoolRegistry | None = None,
     """The backend `POOL_BACKEND` names, configured from `settings`."""
     if settings.pool_backend == "azure":
         from shared.pool.backends.azure import AzureBackend  # noqa: PLC0415 - SDK import cost
+        from shared.pool.vmspec import agent_settings_from  # noqa: PLC0415
 
         return AzureBackend(settings.azure_subscription_id, settings.pool_resource_group,
                             credential=credential, arm_endpoint=settings.arm_endpoint,
-                            provisioning=provisioning_defaults(settings), **client_options)
+                            provisioning=provisioning_defaults(settings),
+                            agent=agent_settings_from(settings, os.environ if env is None
+                                                      else env),
+                            **client_options)
     if settings.pool_backend == "local":
         from shared.pool.backends.local import LocalBackend, parse_command  # noqa: PLC0415
 

@@ -47,6 +47,8 @@ from shared.pool.backends.base import (
     now_s,
 )
 from shared.pool.members import InvalidVmName, validate_vm_name
+from shared.pool.vmspec import AgentVmSettings, vm_body
+from shared.pool.vmspec import profile as vm_profile
 from shared.settings import SettingError
 
 _POWER = {"running": RUNNING, "starting": STARTING, "stopped": STOPPED, "stopping": STOPPED,
@@ -120,7 +122,8 @@ class AzureBackend(PoolBackend):
 
     def __init__(self, subscription_id: str, resource_group: str, credential: Any = None,
                  arm_endpoint: str = "", provisioning: Mapping[str, Any] | None = None,
-                 polling_interval: float = 30.0, **client_options: Any) -> None:
+                 polling_interval: float = 30.0, agent: AgentVmSettings | None = None,
+                 **client_options: Any) -> None:
         from azure.mgmt.compute import ComputeManagementClient  # noqa: PLC0415 - heavy imports
         from azure.mgmt.network import NetworkManagementClient  # noqa: PLC0415
 
@@ -139,6 +142,7 @@ class AzureBackend(PoolBackend):
         self.resource_group = resource_group
         self.base_url = (arm_endpoint or "https://management.azure.com").rstrip("/")
         self.provisioning = dict(provisioning or {})
+        self.agent = agent  # what a provisioned VM's agent needs (its userData)
         self.polling_interval = polling_interval
 
         def options() -> dict[str, Any]:
@@ -257,6 +261,12 @@ class AzureBackend(PoolBackend):
         if missing:
             raise ProvisionSpecError(f"cannot provision VM {merged['name']!r}: missing "
                                      f"{', '.join(missing)}")
+        # A VM whose agent cannot start would only cost money: refuse before creating anything.
+        lacking = self.agent.missing() if self.agent is not None else ["POOL_VM_IDENTITY_ID",
+                                                                       "POOL_AGENT_* settings"]
+        if lacking:
+            raise ProvisionSpecError(f"cannot provision VM {merged['name']!r}: its agent needs "
+                                     f"{', '.join(lacking)}")
         merged["public_ip"] = bool(merged.get("public_ip"))
         image = str(merged["image"])
         if not image.startswith("/") and image.count(":") != 3:
@@ -286,6 +296,7 @@ class AzureBackend(PoolBackend):
                 ip_config["publicIPAddress"] = {
                     "id": self._resource_id("Microsoft.Network", "publicIPAddresses", pip_name)}
             body = {"location": location, "tags": tags, "properties": {
+                **vm_profile()["nic"],
                 "ipConfigurations": [{"name": "ipconfig1", "properties": ip_config}]}}
             return self.network.network_interfaces.begin_create_or_update(
                 rg, nic_name, body, polling=self._polling())
@@ -295,19 +306,14 @@ class AzureBackend(PoolBackend):
         else:
             publisher, offer, sku, version = image.split(":")
             image_ref = {"publisher": publisher, "offer": offer, "sku": sku, "version": version}
-        user = spec["admin_username"]
-        body = {"location": location, "tags": tags, "properties": {
-            "hardwareProfile": {"vmSize": spec["vm_size"]},
-            "storageProfile": {"imageReference": image_ref, "osDisk": {
-                "createOption": "FromImage", "deleteOption": "Delete",
-                "managedDisk": {"storageAccountType": "Standard_LRS"}}},
-            "osProfile": {"computerName": name, "adminUsername": user, "linuxConfiguration": {
-                "disablePasswordAuthentication": True, "ssh": {"publicKeys": [
-                    {"path": f"/home/{user}/.ssh/authorized_keys",
-                     "keyData": spec["ssh_public_key"]}]}}},
-            "networkProfile": {"networkInterfaces": [{
-                "id": self._resource_id("Microsoft.Network", "networkInterfaces", nic_name),
-                "properties": {"primary": True}}]}}}
+        if self.agent is None:  # provision_spec refuses this earlier
+            raise ProvisionSpecError(f"VM {name!r}: no agent settings")
+        body = vm_body(name=name, location=location, tags=tags, vm_size=spec["vm_size"],
+                       image_ref=image_ref, admin_username=spec["admin_username"],
+                       ssh_public_key=spec["ssh_public_key"],
+                       nic_id=self._resource_id("Microsoft.Network", "networkInterfaces",
+                                                nic_name),
+                       agent=self.agent)
         return self.compute.virtual_machines.begin_create_or_update(
             rg, name, body, polling=self._polling())
 
