@@ -271,7 +271,8 @@ class EventGridWebhook:
             origin = request.headers.get("WebHook-Request-Origin", "*")
             return web.Response(status=200, headers={"WebHook-Allowed-Origin": origin})
         if request.method != "POST":
-            return error_response(405, "MethodNotAllowed", "use POST")
+            return error_response(405, "MethodNotAllowed", "use POST",
+                                  headers={"Allow": "POST, OPTIONS"})
         if not self.keys.allows_blobs_webhook(HostKeys.presented(request.query,
                                                                   request.headers)):
             return error_response(401, "Unauthorized", "the blobs_extension or master key is"
@@ -284,7 +285,7 @@ class EventGridWebhook:
                                   f"no EventGrid blob trigger named {raw_name!r}")
         try:
             payload = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return error_response(400, "BadRequest", "body must be JSON Event Grid events")
         events = payload if isinstance(payload, list) else [payload]
         if not all(isinstance(e, dict) for e in events):

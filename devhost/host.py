@@ -26,6 +26,7 @@ from azure.functions.timer import TimerRequestConverter
 
 from devhost.blobs import BlobPoller, BlobTrigger, EventGridWebhook, is_event_grid
 from devhost.config import HostConfig, load_host_config, read_local_settings
+from devhost.connections import ConnectionSettingError, HostConnection
 from devhost.durable.engine import DurableEngine
 from devhost.durable.http_api import DurableHttpApi
 from devhost.errors import BindingError, ConfigError, DevHostError, InvocationError
@@ -36,7 +37,6 @@ from devhost.loader import LoadedApp, load_app
 from devhost.queues import QueueListener
 from devhost.storage_bindings import StorageBindings, split_blob_path
 from devhost.timers import TimerRunner
-from shared.storage import StorageConfigError, StorageConnection
 
 log = logging.getLogger("devhost")
 
@@ -186,8 +186,8 @@ class DevHost:
                                   " supported by devhost")
             if spec.trigger_type not in STORAGELESS_TRIGGERS:
                 try:
-                    StorageConnection.from_env("AzureWebJobsStorage", settings)
-                except StorageConfigError as exc:
+                    HostConnection.resolve("AzureWebJobsStorage", settings)
+                except ConnectionSettingError as exc:
                     raise ConfigError(
                         f"function {spec.name}: AzureWebJobsStorage is required for"
                         f" {spec.trigger_type} functions ({exc})") from None
@@ -254,8 +254,8 @@ class DevHost:
         SDK calls (the extension's `LocalHttpListener`: no keys, 127.0.0.1 only)."""
         assert self.loaded is not None and self.invoker is not None and self.keys is not None
         try:
-            conn = StorageConnection.from_env(self.config.durable_connection, settings)
-        except StorageConfigError as exc:
+            conn = HostConnection.resolve(self.config.durable_connection, settings)
+        except ConnectionSettingError as exc:
             raise ConfigError(str(exc)) from None
         if not conn.connection_string:
             raise ConfigError(f"setting {self.config.durable_connection}: the durable engine"
@@ -334,7 +334,7 @@ class DevHost:
             metadata: dict[str, Any] = {"QueueTrigger": text}
             try:
                 parsed = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 parsed = None
             if isinstance(parsed, dict):
                 metadata.update(parsed)

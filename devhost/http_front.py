@@ -72,7 +72,9 @@ def http_metadata(req: func.HttpRequest) -> dict[str, Any]:
     metadata: dict[str, Any] = {}
     try:
         body = json.loads(req.get_body() or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # Too deep to parse is no binding data, as for the host (Json.NET's depth limit):
+        # the function still runs and reads its body itself.
         body = None
     if isinstance(body, dict):
         metadata.update(body)
@@ -188,8 +190,10 @@ class HttpFront:
     async def _function(self, request: web.Request, path: str) -> web.StreamResponse:
         outcome, entry, values = self.routes.find(path, request.method)
         if outcome == "method":
+            allowed = ", ".join(self.routes.allowed_methods(path))
             return error_response(405, "MethodNotAllowed",
-                                  f"method {request.method} is not allowed on {request.path}")
+                                  f"method {request.method} is not allowed on {request.path}",
+                                  headers={"Allow": allowed})
         if entry is None:
             return error_response(404, "NotFound", f"no route matches {request.path}")
         key = HostKeys.presented(request.query, request.headers)
@@ -229,7 +233,8 @@ class HttpFront:
                                       for s in self.by_name.values()])
         if len(parts) == 3 and parts[1] == "functions":
             if request.method != "POST":
-                return error_response(405, "MethodNotAllowed", "use POST to invoke a function")
+                return error_response(405, "MethodNotAllowed", "use POST to invoke a function",
+                                      headers={"Allow": "POST"})
             return await self._admin_invoke(request, parts[2])
         return error_response(404, "NotFound", f"no admin API at /{path}")
 
@@ -245,7 +250,7 @@ class HttpFront:
         raw = await request.read()
         try:
             payload = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return error_response(400, "BadRequest", "body must be JSON like {\"input\": ...}")
         if not isinstance(payload, dict):
             return error_response(400, "BadRequest", "body must be a JSON object")

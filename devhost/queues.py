@@ -120,7 +120,7 @@ class QueueListener:
             metadata: dict[str, Any] = {}
             try:
                 parsed = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 parsed = None
             if isinstance(parsed, dict):
                 metadata.update(parsed)

@@ -247,3 +247,11 @@ class RouteTable(Generic[T]):
                 return "ok", target, values
             path_matched = True
         return ("method" if path_matched else "missing"), None, {}
+
+    def allowed_methods(self, path: str) -> list[str]:
+        """The methods some route accepts on `path`, for a 405's `Allow` header."""
+        methods: set[str] = set()
+        for route, allowed, _ in self.entries:
+            if allowed and route.match(path) is not None:
+                methods |= allowed
+        return sorted(methods)

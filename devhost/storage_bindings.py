@@ -1,13 +1,14 @@
 """Blob, queue and table input/output bindings, and binding expressions like `out/{name}`.
 
 All calls here block (the sync Azure SDK); the host runs them on its I/O thread pool.
-Connections resolve through `shared.storage.StorageConnection`, so connection strings and
-identity-based settings work as in the app.
+Connections resolve through `devhost.connections.HostConnection`, as the host resolves them
+(connection strings and identity-based settings).
 """
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import threading
 import uuid
@@ -19,8 +20,8 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient, QueueServiceClient
 
+from devhost.connections import ConnectionSettingError, HostConnection
 from devhost.errors import BindingError
-from shared.storage import StorageConfigError, StorageConnection
 
 _EXPR = re.compile(r"\{([^{}]+)\}")
 
@@ -86,18 +87,19 @@ class StorageBindings:
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self._env = env
         self._lock = threading.Lock()
-        self._connections: dict[str, StorageConnection] = {}
+        self._connections: dict[str, HostConnection] = {}
         self._blob: dict[str, BlobServiceClient] = {}
         self._queue: dict[str, QueueServiceClient] = {}
         self._created_queues: set[tuple[str, str]] = set()
 
-    def connection(self, name: str | None) -> StorageConnection:
+    def connection(self, name: str | None) -> HostConnection:
         key = name or "AzureWebJobsStorage"
         with self._lock:
             if key not in self._connections:
                 try:
-                    self._connections[key] = StorageConnection.from_env(key, self._env)
-                except StorageConfigError as exc:
+                    self._connections[key] = HostConnection.resolve(
+                        key, os.environ if self._env is None else self._env)
+                except ConnectionSettingError as exc:
                     raise BindingError(f"connection {key!r}: {exc}") from None
             return self._connections[key]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from devhost.durable import history as h
+import devhost.durable.history as h
 from devhost.durable import planner
 from devhost.durable.entities import EntityHost, entity_id
 from devhost.durable.errors import (
@@ -36,7 +36,14 @@ from devhost.durable.errors import (
 from devhost.durable.functions import discover_default_version, run_activity, run_orchestrator
 from devhost.durable.history import EventType, event, iso, parse_time, utcnow
 from devhost.durable.store import DurableStore
-from devhost.durable.views import TERMINAL, history_view, json_value, row_matches, status_of
+from devhost.durable.views import (
+    TERMINAL,
+    history_view,
+    json_value,
+    row_matches,
+    status_of,
+    status_time,
+)
 
 log = logging.getLogger("devhost.durable")
 
@@ -85,6 +92,8 @@ class DurableEngine:
         self.hub_name = self._store.hub
         self.default_version = (default_version if default_version is not None
                                 else discover_default_version(functions)) or ""
+        # Function names match case-insensitively, as the extension's `FunctionName` does
+        # (FunctionName.cs: OrdinalIgnoreCase): keys are lower-cased names.
         self._orchestrators: dict[str, Callable[[Any], str]] = {}
         self._activities: dict[str, tuple[Callable[..., Any], str]] = {}
         entity_functions: dict[str, Callable[[Any], str]] = {}
@@ -92,9 +101,10 @@ class DurableEngine:
             trigger = function.get_trigger()
             kind = getattr(trigger, "type", None)
             if kind == "orchestrationTrigger":
-                self._orchestrators[function.get_function_name()] = function.get_user_function()
+                self._orchestrators[function.get_function_name().lower()] = (
+                    function.get_user_function())
             elif kind == "activityTrigger":
-                self._activities[function.get_function_name()] = (
+                self._activities[function.get_function_name().lower()] = (
                     function.get_user_function(), trigger.name)
             elif kind == "entityTrigger":
                 entity_functions[function.get_function_name()] = function.get_user_function()
@@ -227,7 +237,7 @@ class DurableEngine:
             raise InstanceNotFoundError(f"no instance with id {instance_id!r}")
         out = status_of(doc, show_input)
         if show_history:
-            out["historyEvents"] = history_view(doc, show_history_output)
+            out["historyEvents"] = history_view(doc, show_history_output, show_input)
         return out
 
     async def list_status(self, *, statuses: set[str] | None = None,
@@ -254,7 +264,8 @@ class DurableEngine:
             "input": json_value(await value(row, "Input")) if show_input else None,
             "customStatus": json_value(await value(row, "CustomStatus")),
             "output": json_value(await value(row, "Output")),
-            "createdTime": row["CreatedTime"], "lastUpdatedTime": row["LastUpdatedTime"],
+            "createdTime": status_time(row["CreatedTime"]),
+            "lastUpdatedTime": status_time(row["LastUpdatedTime"]),
         }
 
     async def purge(self, instance_id: str) -> int:
@@ -287,7 +298,7 @@ class DurableEngine:
     async def _create_instance(self, name: str, instance_id: str | None,
                                input_text: str | None, version: str | None,
                                parent: dict[str, Any] | None) -> str:
-        if name not in self._orchestrators:
+        if name.lower() not in self._orchestrators:
             raise UnknownFunctionError(
                 f"the function '{name}' does not exist, is disabled, or is not an orchestrator"
                 " function")
@@ -430,8 +441,8 @@ class DurableEngine:
         context = planner.build_context(doc, fresh)
         started = self._loop.time()
         (state, error), cpu = await self._loop.run_in_executor(
-            self._replayer, _cpu_timed, run_orchestrator, self._orchestrators.get(doc["name"]),
-            doc["name"], context)
+            self._replayer, _cpu_timed, run_orchestrator,
+            self._orchestrators.get(doc["name"].lower()), doc["name"], context)
         self.stats["replays"] += 1
         self.stats["replay_seconds"] += self._loop.time() - started
         self.stats["replay_cpu_seconds"] += cpu
@@ -523,7 +534,7 @@ class DurableEngine:
         try:
             assert self._activity_slots is not None
             async with self._activity_slots:
-                result = await run_activity(self._activities.get(name), name, input_text,
+                result = await run_activity(self._activities.get(name.lower()), name, input_text,
                                             self._loop, self._executor)
             ev = (event(EventType.TASK_COMPLETED, TaskScheduledId=seq, Result=result[1])
                   if result[0] else

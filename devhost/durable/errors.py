@@ -46,10 +46,10 @@ class PayloadTooLargeError(DurableError):
     status = 413
 
 
-class MethodNotAllowedError(DurableError):
-    """The route exists but not for this HTTP method."""
+class NoRouteError(DurableError):
+    """No durable API route for this path and method (the real API answers a bare 404)."""
 
-    status = 405
+    status = 404
 
 
 class NotSupportedError(DurableError):

@@ -19,7 +19,7 @@ from aiohttp import web
 from devhost.durable.errors import (
     DurableError,
     InvalidRequestError,
-    MethodNotAllowedError,
+    NoRouteError,
     PayloadTooLargeError,
 )
 from devhost.durable.history import check_name, parse_time
@@ -127,6 +127,11 @@ class DurableHttpApi:
         try:
             return await self._route(request, base_path)
         except DurableError as exc:
+            if exc.status in (404, 410):
+                # HttpApiHandler answers unknown routes and instances (404) and finished
+                # ones (410) with `request.CreateResponse(status)`: no body.
+                log.info("durable: %s %s: %s", request.method, request.path, exc)
+                return web.Response(status=exc.status)
             return _error(exc.status, str(exc), type(exc).__name__)
         except Exception:  # noqa: BLE001 - the caller gets a 500 and the log the details
             log.exception("durable: %s %s failed", request.method, request.path)
@@ -152,7 +157,7 @@ class DurableHttpApi:
             return await self._entity(request, parts[1], parts[2])
         if parts[:1] == ["instances"]:
             return await self._instance_route(request, parts)
-        return _error(404, f"no durable task route for {request.path}", "NotFound")
+        raise NoRouteError(f"no durable task route for {request.path}")
 
     async def _instance_route(self, request: web.Request, parts: list[str]) -> web.Response:
         """`instances/`, `instances/{id}`, `instances/{id}/{op}`, `.../raiseEvent/{name}`."""
@@ -169,23 +174,26 @@ class DurableHttpApi:
             self._allow(method, "DELETE")
             purged = await self.engine.purge(instance_id)
             if not purged:
-                return _error(404, f"no instance with id {instance_id!r}",
-                              "InstanceNotFoundError")
+                raise NoRouteError(f"no instance with id {instance_id!r}")
             return web.json_response({"instancesDeleted": purged})
         if len(parts) == 4 and parts[2] == "raiseEvent":
             self._allow(method, "POST")
+            check_name(parts[3], "event name")
+            if request.content_type.lower() != "application/json":
+                # HttpApiHandler.HandleRaiseEventRequestAsync
+                raise InvalidRequestError("Only application/json request content is supported")
             data = await self._input(request)
             await self.engine.raise_event(instance_id, parts[3], data)
             return web.Response(status=202)
         if len(parts) == 3:
             self._allow(method, "POST")
             return await self._command(request, instance_id, parts[2])
-        return _error(404, f"no durable task route for {request.path}", "NotFound")
+        raise NoRouteError(f"no durable task route for {request.path}")
 
     @staticmethod
     def _allow(method: str, expected: str) -> None:
         if method != expected:
-            raise MethodNotAllowedError(f"{method} is not allowed here; use {expected}")
+            raise NoRouteError(f"{method} is not served here; use {expected}")
 
     # --- handlers ---------------------------------------------------------------------------
 
@@ -195,7 +203,6 @@ class DurableHttpApi:
         data = await self._input(request)
         version = request.query.get("version")
         new_id = await self.engine.start_new(name, instance_id, data, version)
-        payload = self._links(request, new_id)
         timeout = request.query.get("timeout")
         if timeout is not None:
             done = await self._wait(new_id, _seconds(timeout, "timeout"),
@@ -205,8 +212,7 @@ class DurableHttpApi:
                 return web.json_response(done["output"], status=200)
             if done is not None:
                 return web.json_response(done, status=200)
-        return web.json_response(payload, status=202, headers={
-            "Location": payload["statusQueryGetUri"], "Retry-After": "10"})
+        return self._check_status(request, new_id)
 
     async def _entity(self, request: web.Request, name: str, key: str) -> web.Response:
         if request.method == "GET":
@@ -239,9 +245,9 @@ class DurableHttpApi:
             show_history_output=_flag(request, "showHistoryOutput", False))
         if status["runtimeStatus"] in _TERMINAL:
             return web.json_response(status, status=200)
-        location = self._links(request, instance_id)["statusQueryGetUri"]
+        # HttpApiHandler.HandleGetStatusRequestAsync: Location is the URL asked, Retry-After 5.
         return web.json_response(status, status=202,
-                                 headers={"Location": location, "Retry-After": "10"})
+                                 headers={"Location": str(request.url), "Retry-After": "5"})
 
     async def _list(self, request: web.Request) -> web.Response:
         filters = self._filters(request)
@@ -256,7 +262,7 @@ class DurableHttpApi:
             raise InvalidRequestError("purging by filter needs createdTimeFrom")
         count = await self.engine.purge_many(**filters)
         if not count:
-            return _error(404, "no finished instance matches the filter", "NotFound")
+            raise NoRouteError("no finished instance matches the filter")
         return web.json_response({"instancesDeleted": count})
 
     async def _command(self, request: web.Request, instance_id: str,
@@ -271,14 +277,25 @@ class DurableHttpApi:
         elif op == "restart":
             new_id = _flag(request, "restartWithNewInstanceId", True)
             restarted = await self.engine.restart(instance_id, new_id)
-            return web.json_response(restarted, status=202)
+            # HandleRestartInstanceRequestAsync answers CreateCheckStatusResponse(newId).
+            return self._check_status(request, restarted)
         elif op == "rewind":
             await self.engine.rewind(instance_id)
         else:
-            return _error(404, f"unknown instance operation {op!r}", "NotFound")
+            raise NoRouteError(f"unknown instance operation {op!r}")
         return web.Response(status=202)
 
     # --- helpers ----------------------------------------------------------------------------
+
+    def _check_status(self, request: web.Request, instance_id: str) -> web.Response:
+        """202 with the management links, `Location` and `Retry-After: 10`
+        (HttpApiHandler.CreateCheckStatusResponseMessage)."""
+        payload = self._links(request, instance_id)
+        body = {key: payload[key] for key in (
+            "id", "statusQueryGetUri", "sendEventPostUri", "terminatePostUri",
+            "purgeHistoryDeleteUri", "restartPostUri", "suspendPostUri", "resumePostUri")}
+        return web.json_response(body, status=202, headers={
+            "Location": payload["statusQueryGetUri"], "Retry-After": "10"})
 
     def _links(self, request: web.Request, instance_id: str) -> dict[str, str]:
         """Management URLs for an instance, on the public webhook path with its query."""
@@ -307,14 +324,15 @@ class DurableHttpApi:
             return None
         try:
             value = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # HttpApiHandler: JsonReaderException -> 400 "Invalid JSON content".
             raise InvalidRequestError("the request body is not valid JSON") from None
         if value is None:
             return None
         if isinstance(value, str):
             try:
                 json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return json.dumps(value)
             return value
         return json.dumps(value)

@@ -218,7 +218,9 @@ def test_bad_query_values_and_methods(server: EngineServer) -> None:
     assert requests.get(api(server, "instances/?taskHub=OtherHub"),
                         timeout=10).status_code == 400
     assert requests.delete(api(server, "instances/"), timeout=10).status_code == 400
-    assert requests.get(api(server, "orchestrators/chain"), timeout=10).status_code == 405
+    # HttpApiHandler.HandleRequestAsync: a known route with another method is a bare 404.
+    wrong_method = requests.get(api(server, "orchestrators/chain"), timeout=10)
+    assert wrong_method.status_code == 404 and wrong_method.content == b""
     assert requests.post(api(server, "instances/x/rewind"), timeout=10).status_code == 404
 
 
@@ -236,12 +238,20 @@ def test_rewind_is_reported_as_unsupported(server: EngineServer, client: SyncCli
 
 
 def test_restart_starts_the_same_orchestration_again(client: SyncClient) -> None:
+    """HttpApiHandler.HandleRestartInstanceRequestAsync answers CreateCheckStatusResponse for
+    the new id; the SDK's `restart` hands that payload back as is (DurableOrchestrationClient.py:
+    `return response[1] if response[1] else instance_id`)."""
     client.wait(client.start_new("chain", "again-1", "one"))
-    new_id = client.restart("again-1")
+    payload = client.restart("again-1")
+    assert set(payload) == {"id", "statusQueryGetUri", "sendEventPostUri", "terminatePostUri",
+                            "purgeHistoryDeleteUri", "restartPostUri", "suspendPostUri",
+                            "resumePostUri"}
+    new_id = payload["id"]
     assert new_id != "again-1"
+    assert f"/instances/{new_id}?" in payload["statusQueryGetUri"]
     status = client.wait(new_id)
     assert status.output == ["hello one", "HELLO ONE"]
-    assert client.restart("again-1", restart_with_new_instance_id=False) == "again-1"
+    assert client.restart("again-1", restart_with_new_instance_id=False)["id"] == "again-1"
     assert client.wait("again-1").runtime_status == Status.Completed
 
 

@@ -86,3 +86,9 @@ def order_get(req: func.HttpRequest, doc: bytes, row: str) -> func.HttpResponse:
         return func.HttpResponse("missing", status_code=404)
     return func.HttpResponse(json.dumps({"doc": doc.decode(), "row": json.loads(row)}),
                              mimetype="application/json")
+
+
+@app.route(route="echo/size", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def echo_size(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps({"bytes": len(req.get_body())}),
+                             mimetype="application/json")

@@ -1,6 +1,6 @@
 """Benchmark: fan-out/fan-in of N activities on the durable engine against a private Azurite.
 
-    python -m devhost.durable.bench [--activities 1000] [--rounds 3]
+    python -m bench.durable_engine [--activities 1000] [--rounds 3]
 
 Prints wall time per round, how many replays the engine ran and the seconds spent in them.
 Batching completions is what keeps the replay count (and so the time) low.
@@ -20,6 +20,7 @@ import azure.durable_functions as df
 
 from devhost.durable.engine import DurableEngine
 from devhost.durable.testing import shared_loop
+from tools.azurite import Azurite
 
 
 def bench_functions() -> list[Any]:
@@ -57,8 +58,6 @@ async def _round(engine: DurableEngine, activities: int) -> tuple[float, int, fl
 
 
 def main() -> None:
-    from tools.azurite import Azurite  # noqa: PLC0415 - only the benchmark needs Azurite
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--activities", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
