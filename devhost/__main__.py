@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from devhost.config import read_local_settings
@@ -17,6 +18,21 @@ from devhost.errors import ConfigError, DevHostError
 from devhost.host import DevHost
 
 DEFAULT_PORT = 7071
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Log lines as `func start` prints them: `[2024-05-01T10:00:00.123Z] message`, the
+    message itself whoever logged it (the app's `logging.info("x")` shows as `x`);
+    `--verbose` adds level and logger name."""
+
+    def __init__(self, verbose: bool = False) -> None:
+        super().__init__("[%(asctime)s] %(levelname)s %(name)s: %(message)s" if verbose
+                         else "[%(asctime)s] %(message)s")
+        self.converter = time.gmtime
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,9 +69,10 @@ async def _serve(host: DevHost) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ConsoleFormatter(verbose=args.verbose))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+                        handlers=[handler])
     for noisy in ("azure.core.pipeline.policies.http_logging_policy", "azure.identity",
                   "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,8 +1,9 @@
 """The HTTP side of the host: function routes, `/admin/*` and `/runtime/webhooks/*`.
 
-Requests become real `func.HttpRequest` objects (the worker's own class) and responses come
-back from `func.HttpResponse` or plain values. Errors are JSON `{"error": {code, message}}`;
-an unhandled exception in user code is logged and answered with a bare 500.
+Requests become real `func.HttpRequest` objects (the worker's own class); answers are what the
+worker's own `HttpResponseConverter` made of the function's output. The host's own refusals
+(401, 404 and 500) have no body, as on the real host; devhost-specific refusals (405, 413,
+admin API input) are JSON `{"error": {code, message}}`.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from typing import Any
 import azure.functions as func
 from aiohttp import web
 from azure.functions.http import HttpRequest as WorkerHttpRequest
+from multidict import CIMultiDict
 
 from devhost.errors import DevHostError, InvocationError
-from devhost.invoker import Invoker
+from devhost.invoker import HTTP_UNSET, Invoker
 from devhost.keys import ADMIN, HostKeys
 from devhost.loader import FunctionSpec
 from devhost.routes import RouteTable
@@ -33,24 +35,27 @@ def error_response(status: int, code: str, message: str,
                              headers=headers)
 
 
-def to_web_response(value: Any) -> web.Response:
-    """The HTTP answer for a function's return value."""
-    if isinstance(value, func.HttpResponse):
-        headers = {k: v for k, v in value.headers.items()}
-        if not any(k.lower() == "content-type" for k in headers):
-            mimetype = value.mimetype
-            headers["Content-Type"] = (f"{mimetype}; charset={value.charset}"
-                                       if mimetype.startswith("text/") else mimetype)
-        return web.Response(status=value.status_code, body=value.get_body() or b"",
-                            headers=headers)
-    if value is None:
-        return web.Response(status=204)
-    if isinstance(value, str):
-        return web.Response(status=200, text=value, content_type="text/plain")
-    if isinstance(value, (bytes, bytearray)):
-        return web.Response(status=200, body=bytes(value),
-                            content_type="application/octet-stream")
-    return web.Response(status=200, text=json.dumps(value), content_type="application/json")
+def bare(status: int) -> web.Response:
+    """The host's own 401/404/500: a status and no body."""
+    return web.Response(status=status)
+
+
+def to_web_response(datum: Any) -> web.Response:
+    """The HTTP answer for an encoded HTTP output (see `invoker.encode_http_output`), as the
+    host renders the worker's `RpcHttp`: status, headers, one `Set-Cookie` per cookie."""
+    if datum is HTTP_UNSET:
+        return web.Response(status=200)  # an output binding left unset: the host's 200
+    if datum.type == "string":
+        return web.Response(status=200, text=datum.value, content_type="text/plain")
+    value = datum.value
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, header in value["headers"].items():
+        headers.add(name, header.value)
+    for cookie in value.get("cookies") or []:
+        for morsel in cookie.values():
+            headers.add("Set-Cookie", morsel.OutputString())
+    return web.Response(status=int(value["status_code"].value), body=value["body"].value or b"",
+                        headers=headers)
 
 
 async def build_http_request(request: web.Request, route_params: Mapping[str, str],
@@ -173,34 +178,38 @@ class HttpFront:
                 return await self.blobs_webhook(request)
             if lowered.startswith("runtime/webhooks/durabletask"):
                 if self.durable_webhook is None:
-                    return error_response(404, "NotFound", "durable functions are not enabled")
+                    return bare(404)
                 return await self.durable_webhook(request)
             if self.prefix:
                 if lowered != self.prefix.lower() and not lowered.startswith(
                         self.prefix.lower() + "/"):
                     if not path:
                         return web.json_response({"state": "Running"})
-                    return error_response(404, "NotFound", f"no route matches /{path}")
+                    return bare(404)
                 path = path[len(self.prefix):].strip("/")
             return await self._function(request, path)
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, "PayloadTooLarge",
                                   f"request body exceeds {self.max_body_bytes} bytes")
+        except Exception:  # noqa: BLE001 - the host never answers with a stack trace
+            log.exception("devhost: %s %s failed", request.method, request.path)
+            return bare(500)
 
     async def _function(self, request: web.Request, path: str) -> web.StreamResponse:
         outcome, entry, values = self.routes.find(path, request.method)
         if outcome == "method":
+            # The real host answers 404 here (a route whose methods exclude this one does not
+            # match); the app's published API promises 405 with Allow, so devhost keeps that
+            # until the app answers it itself (docs/devhost.md, differences).
             allowed = ", ".join(self.routes.allowed_methods(path))
             return error_response(405, "MethodNotAllowed",
                                   f"method {request.method} is not allowed on {request.path}",
                                   headers={"Allow": allowed})
         if entry is None:
-            return error_response(404, "NotFound", f"no route matches {request.path}")
+            return bare(404)
         key = HostKeys.presented(request.query, request.headers)
         if not self.keys.allows(entry.auth_level, key):
-            return error_response(401, "Unauthorized",
-                                  "a valid function key is required (?code= or x-functions-key)"
-                                  if entry.auth_level != ADMIN else "the master key is required")
+            return bare(401)
         body = await request.read()
         req = await build_http_request(request, values, body)
         try:
@@ -208,16 +217,13 @@ class HttpFront:
                                                "This function was programmatically called via"
                                                " the host APIs.")
         except InvocationError:
-            return error_response(
-                500, "InternalServerError",
-                f"Exception while executing function: Functions.{entry.spec.name}")
+            return bare(500)  # the host's answer to a failed invocation
         try:
             return to_web_response(result.http_response)
         except (TypeError, ValueError) as exc:
-            log.error("Functions.%s returned a value that is not an HTTP response: %s",
+            log.error("Functions.%s returned an HTTP response devhost cannot send: %s",
                       entry.spec.name, exc)
-            return error_response(500, "InternalServerError",
-                                  f"Functions.{entry.spec.name} returned an invalid response")
+            return bare(500)
 
     async def _admin(self, request: web.Request, path: str) -> web.StreamResponse:
         parts = path.split("/")
@@ -225,7 +231,7 @@ class HttpFront:
             return web.Response(status=200)
         key = HostKeys.presented(request.query, request.headers)
         if not self.keys.allows(ADMIN, key):
-            return error_response(401, "Unauthorized", "the master key is required")
+            return bare(401)
         if parts[1:] == ["host", "status"] and request.method == "GET":
             return web.json_response(self.status())
         if parts[1:] == ["functions"] and request.method == "GET":
@@ -236,7 +242,7 @@ class HttpFront:
                 return error_response(405, "MethodNotAllowed", "use POST to invoke a function",
                                       headers={"Allow": "POST"})
             return await self._admin_invoke(request, parts[2])
-        return error_response(404, "NotFound", f"no admin API at /{path}")
+        return bare(404)
 
     async def _admin_invoke(self, request: web.Request, name: str) -> web.StreamResponse:
         spec = self.by_name.get(name.lower())

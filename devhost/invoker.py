@@ -25,6 +25,7 @@ import azure.functions as func
 from azure.functions import _abc as azf_abc
 from azure.functions import meta
 from azure.functions.blob import BlobConverter
+from azure.functions.http import HttpResponseConverter
 
 from devhost.errors import BindingError, InvocationError
 from devhost.loader import FunctionSpec
@@ -63,6 +64,20 @@ class _TraceContext(azf_abc.TraceContext):
     @property
     def attributes(self) -> dict[str, str]:
         return {}
+
+    # The worker's TraceContext also answers to these (deprecated) names
+    # (azure-functions-python-worker azure_functions_worker/bindings/tracecontext.py).
+    @property
+    def Traceparent(self) -> str:  # noqa: N802 - the worker's public name
+        return self.trace_parent
+
+    @property
+    def Tracestate(self) -> str:  # noqa: N802 - the worker's public name
+        return self.trace_state
+
+    @property
+    def Attributes(self) -> dict[str, str]:  # noqa: N802 - the worker's public name
+        return self.attributes
 
 
 class _RetryContext(azf_abc.RetryContext):
@@ -176,10 +191,27 @@ def queue_bodies(value: Any, name: str) -> list[str]:
     return out
 
 
+#: An HTTP output (`func.Out[func.HttpResponse]`) the function never set.
+HTTP_UNSET = object()
+
+
 @dataclass
 class InvocationResult:
     invocation_id: str
+    #: The encoded HTTP answer (`meta.Datum` of type `http` or `string`), or HTTP_UNSET.
     http_response: Any = None
+
+
+def encode_http_output(value: Any, function: str) -> Any:
+    """The HTTP output as the worker encodes it (`HttpResponseConverter.encode`, through
+    `bindings/meta.py get_datum`): an `HttpResponse` or a `str`; anything else (None, bytes,
+    a dict) fails the invocation, as in the worker."""
+    try:
+        return HttpResponseConverter.encode(value, expected_type=None)
+    except NotImplementedError:
+        raise InvocationError(
+            f"function {function}: unable to encode outgoing TypedData: unsupported type"
+            f" \"http\" for Python type \"{type(value).__name__}\"") from None
 
 
 class Invoker:
@@ -236,16 +268,21 @@ class Invoker:
             kwargs["context"] = Context(invocation_id, spec.name, self.script_root)
         value = await self._call(spec, kwargs)
         result = InvocationResult(invocation_id)
+        pending = []
         for binding in spec.outputs():
             name = binding["name"]
             if name == "$return":
-                out_value, is_set = value, value is not None
+                out_value, is_set = value, True
             else:
                 out_value, is_set = outs[name].get(), outs[name].was_set
             if binding.get("type") == "http":
-                result.http_response = out_value
+                # Encoded before any output is written: a bad value fails the whole call.
+                result.http_response = (encode_http_output(out_value, spec.name) if is_set
+                                        else HTTP_UNSET)
             elif is_set and out_value is not None:
-                await self._output(binding, metadata, out_value)
+                pending.append((binding, out_value))
+        for binding, out_value in pending:
+            await self._output(binding, metadata, out_value)
         return result
 
     async def _call(self, spec: FunctionSpec, kwargs: dict[str, Any]) -> Any:

@@ -1,15 +1,20 @@
 """Binding expressions, output value conversion and HTTP return values, without a host."""
 from __future__ import annotations
 
-import json
 import uuid
 
 import azure.functions as func
 import pytest
 
-from devhost.errors import BindingError
+from devhost.errors import BindingError, InvocationError
 from devhost.http_front import to_web_response
-from devhost.invoker import blob_argument, blob_bytes, queue_bodies
+from devhost.invoker import (
+    HTTP_UNSET,
+    blob_argument,
+    blob_bytes,
+    encode_http_output,
+    queue_bodies,
+)
 from devhost.keys import HostKeys
 from devhost.storage_bindings import resolve_expression, split_blob_path
 
@@ -49,17 +54,38 @@ def test_queue_output_values() -> None:
         queue_bodies([object()], "q")
 
 
+def respond(value: object):
+    return to_web_response(encode_http_output(value, "f"))
+
+
 def test_http_return_values() -> None:
-    text = to_web_response("hi")
+    """What the worker's `HttpResponseConverter.encode` (azure-functions `http.py`) accepts,
+    through `bindings/meta.py get_datum` (anything else fails the call: TypeError)."""
+    text = respond("hi")
     assert (text.status, text.content_type, text.body) == (200, "text/plain", b"hi")
-    data = to_web_response({"a": [1]})
-    assert data.content_type == "application/json" and json.loads(data.body) == {"a": [1]}
-    assert to_web_response(None).status == 204
-    custom = to_web_response(func.HttpResponse(b"<b/>", status_code=418, mimetype="text/html",
-                                               headers={"X-A": "1"}))
+    for refused in (None, b"bytes", {"a": [1]}, [1], 3):
+        with pytest.raises(InvocationError, match="unable to encode outgoing TypedData"):
+            encode_http_output(refused, "f")
+    assert to_web_response(HTTP_UNSET).status == 200
+    custom = respond(func.HttpResponse(b"<b/>", status_code=418, mimetype="text/html",
+                                       headers={"X-A": "1"}))
     assert custom.status == 418
     assert custom.headers["Content-Type"] == "text/html; charset=utf-8"
     assert custom.headers["X-A"] == "1"
+
+
+def test_each_set_cookie_is_its_own_header() -> None:
+    """The worker parses every `Set-Cookie` with `SimpleCookie` into RpcHttpCookie entries
+    (datumdef.py `parse_to_rpc_http_cookie_list`); the host writes one header per cookie."""
+    response = func.HttpResponse("ok")
+    response.headers.add("Set-Cookie", "a=1; Path=/; HttpOnly")
+    response.headers.add("Set-Cookie", "b=2; Max-Age=60; Secure; SameSite=Lax")
+    answer = respond(response)
+    cookies = answer.headers.getall("Set-Cookie")
+    assert len(cookies) == 2
+    assert cookies[0].startswith("a=1") and "Path=/" in cookies[0] and "HttpOnly" in cookies[0]
+    assert cookies[1].startswith("b=2") and "Max-Age=60" in cookies[1]
+    assert "Secure" in cookies[1] and "SameSite=Lax" in cookies[1]
 
 
 def test_keys_and_levels() -> None:

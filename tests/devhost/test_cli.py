@@ -1,6 +1,7 @@
 """`python -m devhost start` in a child process: function list with URLs, clean stop -> 0."""
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,10 @@ def test_cli_lists_functions_serves_and_stops_cleanly(apps: Path,
     assert f"ping: [GET] {host.base_url}/v1/ping" in output
     assert f"settings: [GET] {host.base_url}/v1/settings/" in output
     assert "Host stopped." in output
+    # Core Tools prints the message itself after a UTC timestamp, whoever logged it.
+    stamp = r"^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] "
+    assert re.search(stamp + r"ping from the app$", output, re.M), output[-2000:]
+    assert re.search(stamp + r"Executing 'Functions\.ping' \(Reason=", output, re.M)
 
 
 def test_sigterm_lets_a_running_request_finish(apps: Path, host_env: dict[str, str],

@@ -39,13 +39,44 @@ def files(req: func.HttpRequest) -> str:
 
 
 @app.route(route="pages/{page?}", methods=["GET"])
-def pages(req: func.HttpRequest) -> dict:
-    return {"page": req.route_params.get("page")}
+def pages(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps({"page": req.route_params.get("page")}),
+                             mimetype="application/json")
 
 
 @app.route(route="admin-only", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
-def admin_only(req: func.HttpRequest) -> bytes:
-    return b"\x00admin"
+def admin_only(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(b"\x00admin", mimetype="application/octet-stream")
+
+
+@app.route(route="returns/{kind}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def returns(req: func.HttpRequest) -> func.HttpResponse:
+    """Values the worker cannot send as an HTTP answer (its call fails): bytes, dict, None."""
+    kind = req.route_params["kind"]
+    return {"bytes": b"raw", "dict": {"a": 1}, "none": None}.get(kind, "text")  # type: ignore
+
+
+@app.route(route="unset-out", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS,
+           binding_arg_name="answer")
+def unset_out(req: func.HttpRequest, answer: func.Out[func.HttpResponse]) -> None:
+    """An HTTP output binding the function never sets."""
+
+
+@app.route(route="cookies", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def cookies(req: func.HttpRequest) -> func.HttpResponse:
+    response = func.HttpResponse("cookies")
+    response.headers.add("Set-Cookie", "a=1; Path=/")
+    response.headers.add("Set-Cookie", "b=2; HttpOnly")
+    return response
+
+
+@app.route(route="trace", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def trace(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    tc = context.trace_context
+    return func.HttpResponse(json.dumps({
+        "same": [tc.Traceparent == tc.trace_parent, tc.Tracestate == tc.trace_state,
+                 tc.Attributes == tc.attributes],
+        "traceparent": tc.trace_parent}), mimetype="application/json")
 
 
 @app.route(route="boom", methods=["GET"])
@@ -54,8 +85,9 @@ def boom(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="nothing", methods=["GET"])
-async def nothing(req: func.HttpRequest, context: func.Context) -> None:
+async def nothing(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     assert context.function_name == "nothing"
+    return func.HttpResponse(status_code=204)
 
 
 @app.route(route="orders/{id}", methods=["POST"])
