@@ -2,8 +2,10 @@
 
 Each slot receives one message at a time with a visibility timeout, takes a slot in the pool
 table, and hands the work item to the `Worker`. An empty queue makes the slot poll with growing
-pauses. The main thread beats the VM's heartbeat and, once nothing has been worked on for the
-idle time, asks the app once per idle period to shut the VM down. `stop()` (SIGTERM) lets the
+pauses. The main thread beats the VM's heartbeat (a pool member's row, or for an agent outside
+the pool such as a Kubernetes pod, its ephemeral worker row) and, once nothing has been worked
+on for the idle time, asks the app once per idle period to shut the VM down (a pool member) or
+exits (`AGENT_EXIT_WHEN_IDLE`). `stop()` (SIGTERM) lets the
 jobs in hand finish and takes no new messages.
 """
 from __future__ import annotations
@@ -17,12 +19,15 @@ from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
+from agent import __version__
 from agent.api import ApiError, AppClient
 from agent.config import AgentConfig
 from agent.lease import MalformedMessage, MessageLease, decode
 from agent.worker import JOB_DIR_PREFIX, Worker
 from shared.claims import ClaimStore
+from shared.clock import utcnow
 from shared.pool.registry import InvalidTransition, PoolRegistry, RegistryError
+from shared.pool.workers import RUNNING, STOPPED, WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +68,10 @@ class Agent:
         self.poison = conn.queue_service().get_queue_client(f"{config.work_queue}-poison")
         self.claims = ClaimStore(conn.table_service().get_table_client(config.claim_table),
                                  stale_after=timedelta(seconds=config.claim_stale_seconds))
-        self.registry = PoolRegistry(conn.table_service().get_table_client(config.vm_table))
+        vm_table = conn.table_service().get_table_client(config.vm_table)
+        self.registry = PoolRegistry(vm_table)
+        self.workers = WorkerRegistry(vm_table)  # where an agent outside the pool shows up
+        self.started_at = utcnow()
         self.api = AppClient(config.api_base_url, config.vm_name, config.function_key,
                              retry_seconds=config.api_retry_seconds,
                              timeout_seconds=config.api_timeout_seconds)
@@ -106,13 +114,14 @@ class Agent:
                 idle = self.activity.idle_for()
                 if idle >= cfg.idle_seconds and now - last_idle_call >= cfg.idle_seconds:
                     last_idle_call = now
-                    self._request_idle(idle)
+                    if cfg.use_pool:  # only a pool member has a machine the app may stop
+                        self._request_idle(idle)
                     if cfg.exit_when_idle:
                         log.info("idle for %d s: exiting (AGENT_EXIT_WHEN_IDLE)", idle)
                         self.stop()
             for thread in slots:
                 thread.join(timeout=tick / len(slots))
-        self._vm_heartbeat()
+        self._vm_heartbeat(final=True)
         self.api.close()
         log.info("agent %s stopped: %s", cfg.vm_name, self.outcomes)
 
@@ -197,13 +206,19 @@ class Agent:
         except (RegistryError, AzureError) as exc:
             log.warning("could not release the pool slot: %s", exc)
 
-    def _vm_heartbeat(self) -> None:
-        if not self.config.use_pool:
-            return
+    def _vm_heartbeat(self, final: bool = False) -> None:
+        """A pool member beats its pool row; any other agent its ephemeral worker row."""
+        cfg = self.config
         try:
-            self.registry.heartbeat(self.config.vm_name)
-        except (RegistryError, AzureError) as exc:
-            log.warning("VM heartbeat failed: %s", exc)
+            if cfg.use_pool:
+                self.registry.heartbeat(cfg.vm_name)
+            else:
+                self.workers.heartbeat(cfg.vm_name, slots=cfg.slots,
+                                       busy=self.activity.active, started_at=self.started_at,
+                                       agent_version=__version__,
+                                       state=STOPPED if final else RUNNING)
+        except (RegistryError, AzureError, ValueError) as exc:
+            log.warning("heartbeat failed: %s", exc)
 
     def _request_idle(self, idle: float) -> None:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from io import StringIO
 from pathlib import Path
 
 from bench.run import dominated_by, figures, run_all
@@ -36,8 +37,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def render_table(results: dict[str, dict[str, Result]]) -> str:
     """A readable side-by-side table, one block per trace."""
-    from io import StringIO  # noqa: PLC0415
-
     from rich.console import Console  # noqa: PLC0415 - only the table needs rich
     from rich.table import Table  # noqa: PLC0415
 

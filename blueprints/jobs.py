@@ -24,6 +24,7 @@ from shared.deployment import deployment_status
 from shared.durable_client import raise_event, start_once
 from shared.idempotency import run_idempotent
 from shared.jobs import STATUSES, JobNotFound
+from shared.naming import InstanceIdError, check_instance_id
 from shared.paging import decode_token, list_answer
 from shared.pipeline import get_run, list_runs
 from shared.services import Services, get_services
@@ -35,6 +36,14 @@ OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
 
 def _body(req: func.HttpRequest) -> dict:
     return json_body(req, get_services().settings.max_body_bytes)
+
+
+def route_id(req: func.HttpRequest, name: str, what: str) -> str:
+    """A job or run id from the route, refused (400) unless it is one the app could have made."""
+    try:
+        return check_instance_id(req.route_params.get(name, ""), what)
+    except InstanceIdError as exc:
+        raise bad_request(str(exc)) from None
 
 
 @bp.route(route="jobs", methods=["POST"])
@@ -63,7 +72,7 @@ async def _submit_job(services: Services, client: df.DurableOrchestrationClient,
 @api_errors
 async def get_job_http(req: func.HttpRequest,
                        client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    job_id = req.route_params.get("job_id", "")
+    job_id = route_id(req, "job_id", "job id")
     try:
         job = get_services().jobs.get(job_id)
     except JobNotFound:
@@ -125,7 +134,7 @@ async def list_runs_http(req: func.HttpRequest) -> func.HttpResponse:
 @api_errors
 async def get_run_http(req: func.HttpRequest,
                        client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    run_id = req.route_params.get("run_id", "")
+    run_id = route_id(req, "run_id", "run id")
     orchestration = await instance_status(client, run_id)
     summary = get_run(get_services(), run_id)
     if orchestration is None and summary is None:
@@ -141,12 +150,17 @@ async def vm_done_http(req: func.HttpRequest,
     """A VM reports a finished step; verified before the orchestration hears of it."""
     services = get_services()
     vm = req.route_params.get("vm", "")
-    event = callback.check_done(services, vm, req.route_params.get("job_id", ""),
+    event = callback.check_done(services, vm, route_id(req, "job_id", "job id"),
                                 req.get_body(), dict(req.headers))
-    if event.repeat:
+    etag = None if event.repeat else callback.acknowledge(services, event, vm)
+    if etag is None:  # acknowledged before (a retry) or by a concurrent identical call
         return json_response({"accepted": True, "repeat": True})
-    await raise_event(client, event.instance_id, event.event_name, event.payload)
-    callback.acknowledge(services, event, vm)
+    try:
+        await raise_event(client, event.instance_id, event.event_name, event.payload)
+    except Exception:
+        callback.withdraw(services, event, etag)
+        raise
+    callback.record_done(services, event, vm)
     return json_response({"accepted": True, "repeat": False})
 
 

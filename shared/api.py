@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,9 +42,41 @@ def parse_json_body(body: bytes, max_bytes: int) -> Any:
     if not body.strip():
         raise bad_request("request body is empty; expected JSON", "InvalidJson")
     try:
-        return json.loads(body)
+        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise bad_request("request body is nested too deeply", "InvalidJson") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"request body is not valid JSON: {exc}", "InvalidJson") from None
+    try:
+        # JSON escapes may spell lone surrogates, which no storage call can encode later.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request("request body holds a lone surrogate (not valid Unicode)",
+                          "InvalidJson") from None
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+_PATH = re.compile(r"(?<![\w.-])(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:]+){2,}[\\/]?")
+
+
+def public_reason(text: Any, limit: int = 500) -> str:
+    """A failure as callers may see it: its first line, no traceback, no server paths
+    (the full text belongs in the app's log)."""
+    raw = str(text or "")
+    first = raw.split("Traceback (most recent call last)", 1)[0].strip().splitlines()
+    line = first[0].strip() if first else ""
+    return _PATH.sub("<path>", line)[:limit]
 
 
 def require_object(value: Any, what: str = "request body") -> dict[str, Any]:

@@ -1,24 +1,30 @@
 """The VM callbacks (`done`, `idle`), checked before anything changes.
 
-A done callback is accepted only when: the VM is in the pool, the attempt was issued, the step
-is claimed by that VM, the work item's HMAC token verifies, and (when enabled) the caller's
-address is the VM's. Anything else is refused with a specific error and changes nothing. A
-repeat of an accepted callback is a no-op.
+A done callback is proven by what the caller holds, not by where it runs: the attempt was issued,
+the work item's HMAC token verifies, and the step is claimed by the calling worker. Workers need
+not be pool members (Kubernetes pods, `POOL_BACKEND=external`); membership matters only to the
+scaler, so the idle report, which asks the scaler to stop a machine, is for members alone. With
+`CHECK_CALLER_IP` the caller's address must also be the member's, so a non-member is refused
+there (the app knows no address of it). Anything else is refused with a specific error and
+changes nothing. A repeat of an accepted callback is a no-op.
 """
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 
 from shared.api import ApiError, bad_request, field, not_found, parse_json_body, require_object
-from shared.contracts import STEP_STATUSES, StepResult, done_event_name
+from shared.contracts import STEP_STATUSES, StepResult, done_event_name, is_valid_vm_name
 from shared.jobs import JobNotFound
 from shared.naming import BlobNameError, check_blob_name
 from shared.pool.registry import UnknownVm, VmRecord
 from shared.services import Services
 from shared.workitem import verify
 
+log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 8000
+MAX_IDLE_SECONDS = 10**9  # about 31 years: anything larger is not a real idle time
 
 
 @dataclass(frozen=True)
@@ -52,17 +58,35 @@ def caller_address(headers: dict[str, str]) -> str | None:
         return None
 
 
-def _check_vm(services: Services, vm: str, headers: dict[str, str]) -> VmRecord:
+def _check_caller(services: Services, vm: str, record: VmRecord | None,
+                  headers: dict[str, str]) -> None:
+    if not services.settings.check_caller_ip:
+        return
+    caller = caller_address(headers)
+    allowed = {a for a in (record.private_ip, record.public_ip) if a} if record else set()
+    if caller is None or caller not in allowed:
+        raise ApiError(403, "AddressMismatch", f"caller address does not belong to VM '{vm}'")
+
+
+def _check_worker(services: Services, vm: str, headers: dict[str, str]) -> None:
+    """Any worker may report; only the caller-address rule depends on the pool row."""
+    if not is_valid_vm_name(vm):
+        raise bad_request(f"'{vm[:64]}' is not a valid worker name")
+    try:
+        record: VmRecord | None = services.registry.get(vm)
+    except UnknownVm:
+        record = None
+    _check_caller(services, vm, record, headers)
+
+
+def _check_member(services: Services, vm: str, headers: dict[str, str]) -> VmRecord:
+    if not is_valid_vm_name(vm):
+        raise not_found(f"VM '{vm[:64]}' is not a member of the pool")
     try:
         record = services.registry.get(vm)
     except UnknownVm:
         raise not_found(f"VM '{vm[:64]}' is not a member of the pool") from None
-    if services.settings.check_caller_ip:
-        caller = caller_address(headers)
-        allowed = {a for a in (record.private_ip, record.public_ip) if a}
-        if caller is None or caller not in allowed:
-            raise ApiError(403, "AddressMismatch",
-                           f"caller address does not belong to VM '{vm}'")
+    _check_caller(services, vm, record, headers)
     return record
 
 
@@ -91,7 +115,7 @@ def check_done(services: Services, vm: str, job_id: str, body: bytes,
             raise bad_request(f"field 'output': {exc}") from None
         if container != s.results_container:
             raise bad_request(f"field 'output' must be in the '{s.results_container}' container")
-    _check_vm(services, vm, headers)
+    _check_worker(services, vm, headers)
     try:
         services.jobs.get(job_id)
     except JobNotFound:
@@ -112,19 +136,39 @@ def check_done(services: Services, vm: str, job_id: str, body: bytes,
                      job_id, step, attempt, etag)
 
 
-def acknowledge(services: Services, event: DoneEvent, vm: str) -> None:
-    """Record the first accepted callback, after its event was raised."""
-    services.issued.acknowledge(event.job_id, event.step, event.attempt, event.etag, vm)
-    services.log.write("work.done", f"VM {vm} reported {event.payload['status']} for step "
-                       f"{event.step} attempt {event.attempt}", job_id=event.job_id, vm=vm,
-                       data={k: v for k, v in event.payload.items() if k != "error"})
+def acknowledge(services: Services, event: DoneEvent, vm: str) -> str | None:
+    """Take the right to raise this attempt's event, BEFORE raising it: an ETag-guarded write,
+    so of concurrent or retried callbacks exactly one raises, and a retry after a failure past
+    this point is a repeat. The row's new ETag, or None when another request took it first."""
+    return services.issued.acknowledge(event.job_id, event.step, event.attempt, event.etag, vm)
+
+
+def withdraw(services: Services, event: DoneEvent, etag: str) -> None:
+    """The event could not be raised: give the right back so the agent's retry raises it.
+    Should this write fail too, the attempt's timeout re-issues the step (nothing is lost)."""
+    try:
+        services.issued.withdraw(event.job_id, event.step, event.attempt, etag)
+    except Exception:  # noqa: BLE001 - best effort; the orchestration's timer is the backstop
+        log.warning("could not withdraw the acknowledgement of %s step %s attempt %s",
+                    event.job_id, event.step, event.attempt, exc_info=True)
+
+
+def record_done(services: Services, event: DoneEvent, vm: str) -> None:
+    """The event log line of an accepted callback (after the event was raised): best effort,
+    since failing the callback now would only make the agent repeat what already happened."""
+    try:
+        services.log.write("work.done", f"VM {vm} reported {event.payload['status']} for step "
+                           f"{event.step} attempt {event.attempt}", job_id=event.job_id, vm=vm,
+                           data={k: v for k, v in event.payload.items() if k != "error"})
+    except Exception:  # noqa: BLE001 - the job row and the orchestration hold the result
+        log.warning("could not log the done callback of %s", event.job_id, exc_info=True)
 
 
 def check_idle(services: Services, vm: str, body: bytes, headers: dict[str, str]) -> int:
     """Validate an idle report; returns the idle seconds it claims."""
     data = require_object(parse_json_body(body or b"{}", services.settings.max_body_bytes))
     idle = field(data, "idleSeconds", (int, float), required=False, default=0)
-    if idle < 0:
-        raise bad_request("field 'idleSeconds' must not be negative")
-    _check_vm(services, vm, headers)
+    if not 0 <= idle < MAX_IDLE_SECONDS:  # also refuses NaN, which compares false
+        raise bad_request(f"field 'idleSeconds' must be a number from 0 to {MAX_IDLE_SECONDS}")
+    _check_member(services, vm, headers)
     return int(idle)

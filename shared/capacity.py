@@ -4,13 +4,16 @@ idle) and on the backstop timer, through the process's one scaler (`Services.sca
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from shared.pool.workers import WorkerRegistry
 from shared.services import Services
 
 log = logging.getLogger(__name__)
+WORKER_RETENTION = timedelta(days=1)  # rows of ephemeral workers silent this long are pruned
 
 
 def request_capacity(services: Services, reason: str) -> dict[str, Any]:
@@ -25,6 +28,7 @@ def request_capacity(services: Services, reason: str) -> dict[str, Any]:
                 scaler.registry.release_slot(claim.vm)
             except Exception:  # noqa: BLE001 - the VM may have been removed meanwhile
                 log.warning("could not release a slot of %s", claim.vm)
+        WorkerRegistry(scaler.registry.table).prune(WORKER_RETENTION)
     report = scaler.run_once()
     out = report.to_dict()
     out.update(reason=reason, abandoned=abandoned,
@@ -47,7 +51,8 @@ def poison_count(services: Services) -> int:
 
 
 def pool_status(services: Services) -> dict[str, Any]:
-    """`GET /api/pool`: every VM with its state and load, and the backlog."""
+    """`GET /api/pool`: every VM with its state and load, the ephemeral workers (agents outside
+    the pool, e.g. Kubernetes pods) with their heartbeats, and the backlog."""
     scaler = services.scaler
     vms = []
     for rec in scaler.registry.list():
@@ -58,6 +63,9 @@ def pool_status(services: Services) -> dict[str, Any]:
                     "stateSince": rec.state_since.isoformat(), "privateIp": rec.private_ip or None,
                     "publicIp": rec.public_ip or None, "reason": rec.reason or None,
                     "bootSeconds": rec.boot_seconds or None})
-    return {"backend": services.settings.pool_backend, "vms": vms, "queued": scaler.queued(),
+    timeout = timedelta(seconds=services.settings.heartbeat_timeout_seconds)
+    workers = [w.to_api(timeout) for w in WorkerRegistry(scaler.registry.table).list()]
+    return {"backend": services.settings.pool_backend, "vms": vms, "workers": workers,
+            "queued": scaler.queued(),
             "inFlight": len(services.claims.active()), "poison": poison_count(services),
             "maxRunning": services.settings.pool_max_running}

@@ -49,6 +49,8 @@ MAX_VMS_PER_CHANGE = 100
 THROTTLED_RETRY_S = 30.0  # when a throttled backend names no time to wait
 _SPEC_KEYS = {"size", "image", "subnetId", "publicIp", "adminUsername", "sshPublicKey", "slots"}
 PLANS = CHANGE_PLANS
+MAX_SPEC_TEXT = 4096  # an SSH public key is the longest of these
+MAX_SLOTS = 64
 
 
 class StepFailed(RuntimeError):
@@ -88,6 +90,15 @@ def parse_change(services: Services, data: dict[str, Any],
     unknown = set(spec) - _SPEC_KEYS
     if unknown:
         raise bad_request(f"field 'spec' has unknown keys: {', '.join(sorted(unknown))}")
+    for key in _SPEC_KEYS & set(spec):
+        if key == "publicIp":
+            field(spec, key, bool, required=False)
+        elif key == "slots":
+            slots = field(spec, key, int, required=False)
+            if slots is not None and not 1 <= slots <= MAX_SLOTS:
+                raise bad_request(f"field 'spec.slots' must be from 1 to {MAX_SLOTS}")
+        elif len(field(spec, key, str, required=False) or "") > MAX_SPEC_TEXT:
+            raise bad_request(f"field 'spec.{key}' must be at most {MAX_SPEC_TEXT} characters")
     members = {r.name: r for r in services.registry.list()}
     for vm in vms:
         if change_type == "pool.add":

@@ -6,11 +6,14 @@ message; instead of reading that text, a refusal is sorted by asking the instanc
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import azure.durable_functions as df
 
-from shared.api import ApiError, not_found
+from shared.api import ApiError, not_found, public_reason
+
+log = logging.getLogger(__name__)
 
 # Runtime statuses after which an instance takes no more events.
 FINISHED = (df.OrchestrationRuntimeStatus.Completed, df.OrchestrationRuntimeStatus.Failed,
@@ -19,13 +22,19 @@ FINISHED = (df.OrchestrationRuntimeStatus.Completed, df.OrchestrationRuntimeStat
 
 async def instance_status(client: df.DurableOrchestrationClient,
                           instance_id: str) -> dict | None:
-    """An orchestration's status as the API shows it, or None when there is no such instance."""
+    """An orchestration's status as the API shows it, or None when there is no such instance.
+    A failed one's output (the host's message with a traceback) is logged, and callers get
+    its first line without server paths."""
     status = await client.get_status(instance_id)
     if status is None or status.runtime_status is None:
         return None
+    output = status.output
+    if status.runtime_status == df.OrchestrationRuntimeStatus.Failed:
+        log.warning("orchestration %s failed: %s", instance_id, output)
+        output = public_reason(output)
     return {"runtimeStatus": status.runtime_status.value, "customStatus": status.custom_status,
             "createdTime": status.created_time, "lastUpdatedTime": status.last_updated_time,
-            "input": status.input_, "output": status.output}
+            "input": status.input_, "output": output}
 
 
 async def start_once(client: df.DurableOrchestrationClient, name: str, instance_id: str,

@@ -43,12 +43,24 @@ class IssuedItems:
                         action=row["action"], blob=row["blob"], attempt=row["attempt"])
         return item, bool(row.get("ackedAt")), row.metadata["etag"]
 
-    def acknowledge(self, job_id: str, step: int, attempt: int, etag: str, vm: str) -> bool:
-        """Mark the first accepted callback; False if another request acknowledged first."""
+    def acknowledge(self, job_id: str, step: int, attempt: int, etag: str, vm: str
+                    ) -> str | None:
+        """Mark the first accepted callback; the row's new ETag, or None if another request
+        acknowledged first."""
+        try:
+            meta = update_if_unchanged(self.table, {"PartitionKey": job_id,
+                                                    "RowKey": _row_key(step, attempt),
+                                                    "ackedAt": utcnow(), "ackedBy": vm}, etag)
+        except ResourceModifiedError:
+            return None
+        return meta["etag"]
+
+    def withdraw(self, job_id: str, step: int, attempt: int, etag: str) -> bool:
+        """Undo an acknowledgement whose event could not be raised, so a retry raises it."""
         try:
             update_if_unchanged(self.table, {"PartitionKey": job_id,
                                              "RowKey": _row_key(step, attempt),
-                                             "ackedAt": utcnow(), "ackedBy": vm}, etag)
-            return True
+                                             "ackedAt": "", "ackedBy": ""}, etag)
         except ResourceModifiedError:
             return False
+        return True

@@ -13,6 +13,7 @@ from typing import Any
 
 import azure.durable_functions as df
 
+from shared.api import public_reason
 from shared.contracts import (
     CHANGE_STEP,
     COLLECT_DATA,
@@ -82,7 +83,7 @@ def process_file(context: df.DurableOrchestrationContext) -> Generator[Any, Any,
                            output=result.get("output") or "", vm=result.get("vm", ""))
             blob = outcome["output"] or blob  # the next step consumes this step's output
     except Exception as exc:  # noqa: BLE001 - an activity gave up: record, don't strand the job
-        outcome.update(status=FAILED, error=f"pipeline error: {exc}"[:2000])
+        outcome.update(status=FAILED, error=f"pipeline error: {public_reason(exc)}")
     context.set_custom_status({"state": "recording", "status": outcome["status"]})
     recorded = yield context.call_activity_with_retry(FINISH_JOB, ACTIVITY_RETRY, outcome)
     yield from _request_capacity(context, "job finished")

@@ -78,8 +78,6 @@ class Services:
 
     @cached_property
     def idempotency(self) -> IdempotencyStore:
-        from datetime import timedelta  # noqa: PLC0415
-
         return IdempotencyStore(
             self.table(self.settings.idempotency_table),
             timedelta(seconds=self.settings.idempotency_retention_seconds))

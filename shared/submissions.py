@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -16,12 +15,19 @@ from typing import Any
 from shared.api import bad_request, field, not_found
 from shared.contracts import FileJob, RunInput, file_job_input, run_input
 from shared.idempotency import derived_id
-from shared.naming import BlobNameError, check_blob_name
+from shared.naming import (
+    BlobNameError,
+    InstanceIdError,
+    check_instance_id,
+    check_prefix,
+    check_source_blob_name,
+)
 from shared.pipeline import BlobMissing, describe_blob
 from shared.services import Services
 
 MAX_RUN_BLOBS = 10_000
-_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")
+MAX_RUN_ID = 80
+RESERVED_RUN_PREFIX = "run-"  # the app's own run ids: the timer's run-<time>, run-api-<id>
 
 
 @dataclass(frozen=True)
@@ -38,11 +44,27 @@ class JobSubmission:
                 "created": created, "statusUrl": f"/api/jobs/{self.instance_id}"}
 
 
-def _blob_name(value: str, what: str) -> str:
+def _blob_name(services: Services, value: str, what: str) -> str:
+    """A file to process: a valid name that leaves room for its output and failure names."""
     try:
-        return check_blob_name(value)
+        return check_source_blob_name(value, services.settings.pipeline_actions)
     except BlobNameError as exc:
         raise bad_request(f"field '{what}': {exc}") from None
+
+
+def _run_id(value: str) -> str:
+    """A caller-chosen run id: routable, and outside the app's own `run-` namespace."""
+    try:
+        check_instance_id(value, "field 'runId'")
+    except InstanceIdError as exc:
+        raise bad_request(str(exc)) from None
+    if len(value) > MAX_RUN_ID:
+        raise bad_request(f"field 'runId' must be at most {MAX_RUN_ID} characters")
+    if value.lower().startswith(RESERVED_RUN_PREFIX):
+        # The timer's ids are run-<scheduled time>: a caller must not pre-empt one.
+        raise bad_request(f"field 'runId' must not start with '{RESERVED_RUN_PREFIX}' "
+                          "(reserved for the app's own runs)")
+    return value
 
 
 def _content(data: dict[str, Any]) -> bytes | None:
@@ -62,7 +84,7 @@ def _content(data: dict[str, Any]) -> bytes | None:
 def submit_job(services: Services, data: dict[str, Any]) -> JobSubmission:
     """`POST /api/jobs`: upload the content first when given; the blob must then exist."""
     s = services.settings
-    name = _blob_name(field(data, "blob", str), "blob")
+    name = _blob_name(services, field(data, "blob", str), "blob")
     payload = _content(data)
     if payload is not None:
         services.blobs.get_blob_client(s.data_container, name).upload_blob(payload,
@@ -80,18 +102,26 @@ def submit_run(services: Services, data: dict[str, Any], key: str | None = None)
 
     Without a `runId` the id is derived from the idempotency `key` when there is one (a retry
     names the same run), else random."""
-    prefix = field(data, "prefix", str, required=False)
-    names = field(data, "blobs", list, required=False)
-    if (prefix is None) == (names is None):
+    if ("prefix" in data) == ("blobs" in data):
         raise bad_request("give exactly one of 'prefix' or 'blobs'")
+    prefix = field(data, "prefix", str, required="prefix" in data)
+    names = field(data, "blobs", list, required="blobs" in data)
+    if prefix is not None:
+        try:
+            check_prefix(prefix)
+        except BlobNameError as exc:
+            raise bad_request(f"field 'prefix': {exc}") from None
     if names is not None:
         if (not names or len(names) > MAX_RUN_BLOBS
                 or not all(isinstance(n, str) for n in names)):
             raise bad_request(f"field 'blobs' must be a list of 1-{MAX_RUN_BLOBS} blob names")
         for name in names:
-            _blob_name(name, "blobs")
-    run_id = field(data, "runId", str, required=False) or (
-        f"run-api-{derived_id('runs', key)}" if key else f"run-api-{uuid.uuid4().hex[:16]}")
-    if not _RUN_ID.fullmatch(run_id):
-        raise bad_request("field 'runId' may hold 1-80 letters, digits, '-' and '_'")
+            _blob_name(services, name, "blobs")
+    chosen = field(data, "runId", str, required=False)
+    if chosen is not None:
+        run_id = _run_id(chosen)
+    elif key:
+        run_id = f"{RESERVED_RUN_PREFIX}api-{derived_id('runs', key)}"
+    else:
+        run_id = f"{RESERVED_RUN_PREFIX}api-{uuid.uuid4().hex[:16]}"
     return run_input(services.settings, run_id, prefix=prefix, names=names)

@@ -13,8 +13,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from shared.changes import MAX_SLOTS, MAX_SPEC_TEXT, MAX_VMS_PER_CHANGE  # noqa: E402
 from shared.contracts import CHANGE_STATUSES, CHANGE_TYPES, RUN_STATUSES  # noqa: E402
 from shared.jobs import STATUSES as JOB_STATUSES  # noqa: E402
+from shared.naming import MAX_BLOB_NAME, MAX_INSTANCE_ID, max_source_name  # noqa: E402
+from shared.settings import parse_actions  # noqa: E402
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -46,6 +49,32 @@ def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, 
 
 STR, INT, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
 ANY = {"type": "object", "additionalProperties": True}
+COUNT = {"type": "integer", "minimum": 0}
+NULLABLE_STR = {"type": "string", "nullable": True}  # null is the same as leaving it out
+SPEC_TEXT = {"type": "string", "maxLength": MAX_SPEC_TEXT, "nullable": True}
+# What the server checks, stated so a client (or a fuzzer) knows it before sending.
+_NAME_CHARS = r"[^\u0000-\u001f\u007f\\\\]"
+_SEGMENT = r"[^/\u0000-\u001f\u007f\\\\]"
+DEFAULT_ACTIONS = parse_actions("process")
+SOURCE_NAME = {
+    "type": "string", "minLength": 1, "maxLength": max_source_name(DEFAULT_ACTIONS),
+    "pattern": f"^{_SEGMENT}({_NAME_CHARS}*{_SEGMENT})?$",
+    "description": "A blob name of the data container: no control characters or backslashes, "
+                   "not absolute, no empty, '.' or '..' segments, at most 254 segments, and "
+                   "short enough that every derived name fits in 1024 characters (1024 less "
+                   "the longest of '.error.json' and the chained '.ACTION.out' suffixes of "
+                   "PIPELINE_ACTIONS; the maximum shown is for the default 'process')."}
+PREFIX = {"type": "string", "maxLength": MAX_BLOB_NAME, "pattern": f"^({_SEGMENT}{_NAME_CHARS}*)?$",
+          "description": "Names starting with this; no control characters or backslashes, not "
+                         "absolute, no '.' or '..' segments."}
+INSTANCE_ID = {"type": "string", "minLength": 1, "maxLength": MAX_INSTANCE_ID,
+               "pattern": "^[A-Za-z0-9_-]+$"}
+RUN_ID = {"type": "string", "minLength": 1, "maxLength": 80, "pattern": "^[A-Za-z0-9_-]+$",
+          "not": {"pattern": "^[Rr][Uu][Nn]-"},
+          "description": "Caller-chosen run id; 'run-' is reserved for the app's own runs (the "
+                         "timer's run-<scheduled time> and generated run-api-<hex>)."}
+VM_NAME = {"type": "string", "minLength": 1, "maxLength": 64,
+           "pattern": "^[A-Za-z0-9]([A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?$"}
 
 
 IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
@@ -54,7 +83,7 @@ IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                                   "started; same key, other body: 409 IdempotencyKeyReused. "
                                   "May be sent as `requestId` in the body instead.",
                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:~-]{1,200}$"}}
-REQUEST_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:~-]{1,200}$",
+REQUEST_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:~-]{1,200}$", "nullable": True,
               "description": "idempotency key (alternative to the Idempotency-Key header)"}
 TOKEN = {"type": "string", "nullable": True,
          "description": "pass as `continuationToken` for the next page; null on the last"}
@@ -73,14 +102,15 @@ def _list(name: str, item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _query(name: str, values: list[str] | None = None) -> dict[str, Any]:
-    schema = {"type": "string", "enum": values} if values else STR
+    # An empty filter is no filter, as the server reads it.
+    schema = {"type": "string", "enum": ["", *values]} if values else STR
     return {"name": name, "in": "query", "schema": schema}
 
 
 def document() -> dict[str, Any]:
     job = {"$ref": "#/components/schemas/Job"}
-    path_param = lambda name: {"name": name, "in": "path", "required": True,  # noqa: E731
-                               "schema": STR}
+    path_param = lambda name, schema=INSTANCE_ID: {  # noqa: E731
+        "name": name, "in": "path", "required": True, "schema": schema}
     paths: dict[str, Any] = {
         "/api/health": {"get": {"operationId": "health_http", "security": [],
                                 "summary": "Settings valid and storage reachable",
@@ -94,8 +124,15 @@ def document() -> dict[str, Any]:
                      "summary": "Process a blob of the data container (uploading it if content "
                                 "is given)",
                      "parameters": [IDEMPOTENCY_KEY],
-                     "requestBody": _body(_obj({"blob": STR, "content": STR, "contentBase64": STR,
-                                                "requestId": REQUEST_ID}, ["blob"])),
+                     "requestBody": _body({
+                         **_obj({"blob": SOURCE_NAME, "content": NULLABLE_STR,
+                                 "contentBase64": {"type": "string", "format": "byte",
+                                                   "nullable": True},
+                                 "requestId": REQUEST_ID},
+                                ["blob"]),
+                         # not both given (null counts as not given)
+                         "not": {"required": ["content", "contentBase64"],
+                                 "properties": {"content": STR, "contentBase64": STR}}}),
                      "responses": {"202": _resp("Job accepted", _obj(
                          {"jobId": STR, "blob": STR, "created": BOOL, "statusUrl": STR})),
                                    **_errors(400, 401, 404, 409, 413)}},
@@ -107,12 +144,17 @@ def document() -> dict[str, Any]:
         "/api/jobs/{job_id}": {"get": {
             "operationId": "get_job_http", "summary": "One job with its orchestration status",
             "parameters": [path_param("job_id")],
-            "responses": {"200": _resp("Job", job), **_errors(401, 404)}}},
+            "responses": {"200": _resp("Job", job), **_errors(400, 401, 404)}}},
         "/api/runs": {"post": {
-            "operationId": "start_run_http", "summary": "Run over existing blobs",
+            "operationId": "start_run_http",
+            "summary": "Run over existing blobs: exactly one of prefix or blobs",
             "parameters": [IDEMPOTENCY_KEY],
-            "requestBody": _body(_obj({"prefix": STR, "blobs": {"type": "array", "items": STR},
-                                       "runId": STR, "requestId": REQUEST_ID})),
+            "requestBody": _body({
+                **_obj({"prefix": PREFIX,
+                        "blobs": {"type": "array", "items": SOURCE_NAME, "minItems": 1,
+                                  "maxItems": 10_000},
+                        "runId": {**RUN_ID, "nullable": True}, "requestId": REQUEST_ID}),
+                "oneOf": [{"required": ["prefix"]}, {"required": ["blobs"]}]}),
             "responses": {"202": _resp("Run started", _obj({"runId": STR, "statusUrl": STR})),
                           **_errors(400, 401, 409, 413)}},
             "get": {"operationId": "list_runs_http", "summary": "Runs, newest first",
@@ -122,17 +164,26 @@ def document() -> dict[str, Any]:
         "/api/runs/{run_id}": {"get": {
             "operationId": "get_run_http", "summary": "Run progress and summary",
             "parameters": [path_param("run_id")],
-            "responses": {"200": _resp("Run", ANY), **_errors(401, 404)}}},
+            "responses": {"200": _resp("Run", ANY), **_errors(400, 401, 404)}}},
         "/api/pool": {"get": {
-            "operationId": "pool_status_http", "summary": "VMs, their states and the backlog",
+            "operationId": "pool_status_http",
+            "summary": "VMs, their states, ephemeral workers (pods) and the backlog",
             "responses": {"200": _resp("Pool", ANY), **_errors(401)}}},
         "/api/changes": {"post": {
             "operationId": "submit_change_http",
             "summary": "Change the pool: pool.add, pool.remove, pool.start, pool.stop",
             "parameters": [IDEMPOTENCY_KEY],
-            "requestBody": _body(_obj({"changeType": {"type": "string", "enum": list(CHANGE_TYPES)},
-                                       "vms": {"type": "array", "items": STR}, "spec": ANY,
-                                       "requestId": REQUEST_ID}, ["changeType", "vms"])),
+            "requestBody": _body(_obj({"changeType": {"type": "string",
+                                                      "enum": list(CHANGE_TYPES)},
+                "vms": {"type": "array", "items": VM_NAME, "minItems": 1,
+                        "maxItems": MAX_VMS_PER_CHANGE, "uniqueItems": True},
+                "spec": _obj({"size": SPEC_TEXT, "image": SPEC_TEXT, "subnetId": SPEC_TEXT,
+                              "publicIp": {"type": "boolean", "nullable": True},
+                              "adminUsername": SPEC_TEXT, "sshPublicKey": SPEC_TEXT,
+                              "slots": {"type": "integer", "minimum": 1,
+                                        "maximum": MAX_SLOTS, "nullable": True}})
+                | {"additionalProperties": False, "nullable": True},
+                "requestId": REQUEST_ID}, ["changeType", "vms"])),
             "responses": {"202": _resp("Change accepted", _obj({"changeId": STR,
                                                                  "statusUrl": STR})),
                           **_errors(400, 401, 404, 409, 413)}},
@@ -143,26 +194,31 @@ def document() -> dict[str, Any]:
                                   **_errors(400, 401)}}},
         "/api/changes/{change_id}": {"get": {
             "operationId": "get_change_http", "summary": "Steps and progress of a change",
-            "parameters": [path_param("change_id")],
+            "parameters": [path_param("change_id", {"type": "string",
+                                                    "pattern": "^change-[0-9a-f]{16}$"})],
             "responses": {"200": _resp("Change", ANY), **_errors(401, 404)}}},
         "/api/vms/{vm}/jobs/{job_id}/done": {"post": {
             "operationId": "vm_done_http",
             "summary": "A VM reports a finished step (token-checked; a repeat is a no-op)",
-            "parameters": [path_param("vm"), path_param("job_id")],
+            "parameters": [path_param("vm", VM_NAME), path_param("job_id")],
             "requestBody": _body(_obj({
                 "step": INT, "attempt": INT, "token": STR, "action": STR,
                 "status": {"type": "string", "enum": ["succeeded", "failed"]},
                 "exitCode": {"type": "integer", "nullable": True},
                 "error": {"type": "string", "nullable": True},
-                "output": {"type": "string", "nullable": True},
-                "bytesIn": INT, "bytesOut": INT, "durationMs": INT},
+                "output": {"type": "string", "nullable": True, "maxLength": 1032,
+                           "pattern": f"^(results/{_SEGMENT}({_NAME_CHARS}*{_SEGMENT})?)?$",
+                           "description": "An output blob in the results container "
+                                          "(RESULTS_CONTAINER; 'results' by default)."},
+                "bytesIn": COUNT, "bytesOut": COUNT, "durationMs": COUNT},
                 ["step", "attempt", "token", "status"])),
             "responses": {"200": _resp("Accepted", _obj({"accepted": BOOL, "repeat": BOOL})),
                           **_errors(400, 401, 403, 404, 409, 410, 413)}}},
         "/api/vms/{vm}/idle": {"post": {
             "operationId": "vm_idle_http", "summary": "A VM has nothing to do",
-            "parameters": [path_param("vm")],
-            "requestBody": _body(_obj({"idleSeconds": INT})),
+            "parameters": [path_param("vm", VM_NAME)],
+            "requestBody": _body(_obj({"idleSeconds": {
+                "type": "number", "minimum": 0, "maximum": 10**9, "exclusiveMaximum": True}})),
             "responses": {"200": _resp("Noted", _obj({"vm": STR, "deallocate": BOOL})),
                           **_errors(400, 401, 403, 404, 413)}}},
         "/api/dashboard": {"get": {

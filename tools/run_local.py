@@ -21,6 +21,7 @@ from rich.table import Table
 
 from devhost.process import DevHostProcess
 from shared.pool.backends import make_backend
+from shared.pool.members import parse_pool_vms
 from shared.settings import SettingError, Settings
 from tools.azurite import PROJECT_ROOT, Azurite, AzuriteError, port_open
 
@@ -91,8 +92,6 @@ def stop_agents(env: dict[str, str]) -> None:
     except (SettingError, ValueError) as exc:
         print(f"could not stop agents: {exc}", file=sys.stderr)
         return
-    from shared.pool.members import parse_pool_vms  # noqa: PLC0415
-
     for vm in parse_pool_vms(settings.pool_vms):
         try:
             if backend.power_state(vm) not in ("deallocated", "stopped"):

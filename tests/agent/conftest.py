@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from agent.config import load
+from agent.runner import Agent
 from shared.pool.registry import PoolRegistry, VmState
 from shared.settings import Settings
 from shared.storage import StorageConnection, ensure_resources
@@ -211,9 +213,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = ""
 @pytest.fixture()
 def run_agent() -> Iterator[Callable[[dict[str, str]], Any]]:
     """Start an in-process agent on a thread; every agent started is stopped at the end."""
-    from agent.config import load  # noqa: PLC0415
-    from agent.runner import Agent  # noqa: PLC0415
-
     started: list[tuple[Any, threading.Thread]] = []
 
     def start(env: dict[str, str]) -> Any:

@@ -6,7 +6,9 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from agent import __version__ as agent_version
 from shared.claims import ABANDONED, CLAIMED, DONE, FAILED, ClaimStore
+from shared.pool.workers import WorkerRegistry
 from shared.settings import Settings
 from shared.storage import StorageConnection
 
@@ -210,15 +212,22 @@ def test_heartbeats_keep_a_long_job_to_its_agent(wait, agent_env, run_agent, wor
 
 def test_without_pool_and_exit_when_idle(wait, agent_env, run_agent, work, api,
                                          registry) -> None:
-    """A Kubernetes pod: no pool row of its own, and it ends itself once idle."""
+    """A Kubernetes pod: no pool row of its own, a worker row instead, and it ends itself once
+    idle without asking the app to stop a machine it does not have."""
     item = work.submit("k8s.txt", b"pod")
     agent = run_agent({**agent_env, "AGENT_VM_NAME": "pod-abc", "AGENT_USE_POOL": "false",
                        "AGENT_EXIT_WHEN_IDLE": "true", "AGENT_IDLE_SECONDS": "2"})
+    workers = WorkerRegistry(registry.table)
+    seen = wait(lambda: workers.get("pod-abc"), what="the worker's heartbeat row")
+    assert seen.state == "running" and seen.agent_version == agent_version
     wait(agent.stopping.is_set, what="the agent to stop itself")
     assert [c.path for c in api.done_calls()] == [f"/api/vms/pod-abc/jobs/{item.job_id}/done"]
-    assert [c.path for c in api.idle_calls()] == ["/api/vms/pod-abc/idle"]
+    assert api.idle_calls() == []
     assert work.messages_left() == 0
     assert registry.get(VM).busy == 0 and registry.get(VM).last_heartbeat is None
+    assert "pod-abc" not in [r.name for r in registry.list()]  # not a pool member
+    wait(lambda: (workers.get("pod-abc") or seen).state == "stopped",
+         what="the worker row to say stopped")
 
 
 def test_claimed_elsewhere_is_left_and_finished_is_deleted(wait, agent_env, run_agent, work, api,

@@ -1,5 +1,10 @@
 """The HTTP API end to end: refusals that change nothing, pool changes, the deployment gate."""
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
+import requests
 
 from shared.pool.registry import VmState
 from shared.workitem import WorkItem
@@ -69,7 +74,8 @@ def test_forged_replayed_and_wrong_vm_callbacks_are_refused(idle_app) -> None:
                            (wrong_vm, "NotClaimed")):
         assert response.status_code == 403, response.text
         assert response.json()["error"]["code"] == code
-    assert done("vm07", a, a.token).status_code == 404
+    outsider = done("vm07", a, a.token)          # not a member, and not holding the claim
+    assert outsider.status_code == 403 and outsider.json()["error"]["code"] == "NotClaimed"
     job = app.get(f"/api/jobs/{a.job_id}").json()
     assert job["status"] == "running" and job["orchestration"]["runtimeStatus"] == "Running"
     assert app.services.issued.get(a.job_id, 0, 1)[1] is False  # nothing acknowledged
@@ -119,3 +125,96 @@ def test_pool_changes_with_visible_progress_and_deployment_gate(start_app) -> No
                  lambda: not app.get("/api/deployment/status").json()["hasRunning"], timeout=60)
     row = app.services.table(app.services.settings.change_table).get_entity(change_id, "change")
     assert row["status"] == "succeeded" and row["progress"] == "2/2"
+
+
+def test_inputs_that_used_to_fail_with_500_get_4xx_json_and_change_nothing(start_app) -> None:
+    """Each input once answered 500 (or was accepted and failed later); now a 4xx JSON error."""
+    app = start_app(POOL_MAX_RUNNING="0")
+    cases = [
+        ("POST", "/api/jobs", b'{"blob": "lone-\\ud800.json", "content": "{}"}'),
+        ("POST", "/api/jobs", b'{"blob": "ok.json", "content": "bad \\udfff"}'),
+        ("GET", "/api/jobs/a%2Fb", None),
+        ("GET", "/api/runs/a%2Fb", None),
+        ("POST", "/api/vms/vm01/jobs/a%2Fb/done", b'{"step": 0, "attempt": 1, "token": "t", '
+                                                   b'"status": "succeeded"}'),
+        ("POST", "/api/vms/vm01/idle", b'{"idleSeconds": NaN}'),
+        ("POST", "/api/vms/vm01/idle", b'{"idleSeconds": Infinity}'),
+        ("POST", "/api/vms/vm01/idle", b'{"idleSeconds": 1e999}'),
+        ("POST", "/api/runs", json.dumps({"prefix": "\u0000"}).encode()),
+        ("POST", "/api/runs", json.dumps({"prefix": "p" * 200_000}).encode()),
+        ("POST", "/api/jobs", json.dumps({"blob": "n" * 1024, "content": "{}"}).encode()),
+        ("POST", "/api/jobs", json.dumps({"blob": "n" * 1013, "content": "{}"}).encode()),
+        ("POST", "/api/runs", json.dumps({"blobs": ["n" * 1024]}).encode()),
+        ("POST", "/api/runs", json.dumps({"prefix": "", "runId": "run-20300101T000000Z"})
+         .encode()),
+        ("POST", "/api/runs", json.dumps({"prefix": "", "blobs": ["x"]}).encode()),
+        ("POST", "/api/runs", json.dumps({"blobs": []}).encode()),
+    ]
+    for method, path, body in cases:
+        response = app.http.request(method, app.base + path, data=body, timeout=30)
+        assert 400 <= response.status_code < 500, (path, body and body[:80], response.text)
+        assert response.headers["Content-Type"].startswith("application/json"), path
+        assert set(response.json()["error"]) == {"code", "message"}, path
+    longest = "n" * 1012  # 1012 + ".process.out" is exactly 1024
+    accepted = app.post("/api/jobs", json={"blob": longest, "content": "{}"})
+    assert accepted.status_code == 202, accepted.text
+    assert app.blob_names(app.services.settings.data_container) == [longest]
+    jobs = app.wait_for("the job row", app.jobs)
+    assert [j["blob"] for j in jobs] == [f"{app.services.settings.data_container}/{longest}"]
+    assert app.get("/api/runs/run-20300101T000000Z").status_code == 404  # nothing started
+
+
+def test_a_failed_orchestration_shows_no_traceback_or_server_path(start_app) -> None:
+    app = start_app(POOL_MAX_RUNNING="0")
+    # No container: list_files_activity fails with a KeyError, and the host records the
+    # orchestration as failed with that activity's traceback.
+    started = requests.post(
+        f"{app.base}/runtime/webhooks/durabletask/orchestrators/process_run/broken-run",
+        params={"code": app.env["DEVHOST_MASTER_KEY"]},
+        json={"runId": "broken-run", "prefix": ""}, timeout=30)
+    assert started.status_code == 202, started.text
+
+    def failed() -> dict | None:
+        body = app.get("/api/runs/broken-run").json()
+        orchestration = body.get("orchestration") or {}
+        return body if orchestration.get("runtimeStatus") == "Failed" else None
+
+    body = app.wait_for("the run to fail", failed, timeout=60)
+    text = json.dumps(body)
+    assert "Traceback" not in text and 'File "' not in text
+    assert str(Path(__file__).resolve().parents[2]) not in text and "site-packages" not in text
+    assert "process_run" in body["orchestration"]["output"]  # still says what failed
+
+
+def test_racing_and_retried_done_calls_raise_the_event_once(idle_app) -> None:
+    """Eight identical callbacks at once, and a retry after the post-raise write failed: the
+    orchestration hears `done` exactly once."""
+    app = idle_app
+    assert app.post("/api/jobs", json={"blob": "once.json", "content": "{}"}).status_code == 202
+    queue = app.services.work_queue
+    item = app.wait_for("the work item", lambda: [
+        WorkItem.from_json(m.content) for m in queue.peek_messages(max_messages=1)])[0]
+    app.services.registry.transition("vm01", VmState.RUNNING, [VmState.DEALLOCATED])
+    app.services.claims.claim(item, "vm01")
+    # The event log write after raising fails from now on (its table is gone).
+    app.services.log.table.delete_table()
+    results = app.services.settings.results_container
+    body = {"step": item.step, "attempt": item.attempt, "token": item.token,
+            "status": "succeeded", "output": f"{results}/{item.blob_name}.process.out",
+            "bytesIn": 2, "bytesOut": 3}
+    url = f"/api/vms/vm01/jobs/{item.job_id}/done"
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: app.post(url, json=body), range(8)))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    assert sorted(a.json()["repeat"] for a in answers) == [False] + [True] * 7
+    assert app.post(url, json=body).json() == {"accepted": True, "repeat": True}
+    app.services.log.table.create_table()
+    app.wait_for("the job to finish", lambda: app.get(f"/api/jobs/{item.job_id}").json()
+                 ["status"] == "succeeded", timeout=90)
+    status = requests.get(
+        f"{app.base}/runtime/webhooks/durabletask/instances/{item.instance_id}",
+        params={"code": app.env["DEVHOST_MASTER_KEY"], "showHistory": "true"}, timeout=30)
+    raised = [e for e in status.json()["historyEvents"]
+              if e["EventType"] == "EventRaised" and e.get("Name") == f"done-{item.step}-"
+              f"{item.attempt}"]
+    assert len(raised) == 1, raised

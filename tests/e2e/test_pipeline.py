@@ -1,42 +1,18 @@
 """The pipeline end to end through devhost, on Azurite, with a local pool of agent processes."""
 import hashlib
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
 import requests
 
 from shared.pool.registry import VmState
+from tests.e2e.machines import kill_machine as _kill_machine
 
 
 def _executions(count_dir: Path, action: str, body: bytes) -> int:
     digest = hashlib.sha1(body).hexdigest()[:16]
     return len(list(count_dir.glob(f"{action}-{digest}-*")))
-
-
-def _kill_machine(pid: int) -> None:
-    """SIGKILL a local VM: its agent and every process below it, as a power cut would."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    doomed, frontier = {pid}, [pid]
-    while frontier:
-        current = frontier.pop()
-        for child, parent in parents.items():
-            if parent == current and child not in doomed:
-                doomed.add(child)
-                frontier.append(child)
-    for victim in doomed:
-        try:
-            os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _started_vms(app) -> set[str]:

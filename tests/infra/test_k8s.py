@@ -88,6 +88,18 @@ def test_agent_job_env_names_only_agent_variables(manifests: list[dict[str, Any]
     assert env["AGENT_VM_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     # The agent adds /api/vms/... itself: the base URL is the Service's root.
     assert env["AGENT_API_BASE_URL"].rstrip("/").endswith(".svc.cluster.local")
+    # A pod is no pool member, and its Job ends when the work does.
+    assert env["AGENT_USE_POOL"] == "false" and env["AGENT_EXIT_WHEN_IDLE"] == "true"
+    assert float(env["AGENT_IDLE_SECONDS"]) > 0
+    # A killed pod's claim is stale for the next pod exactly when the app thinks so too.
+    app = _one(manifests, "ConfigMap", "vmpool-settings")["data"]
+    assert env["AGENT_CLAIM_STALE_SECONDS"] == app["HEARTBEAT_TIMEOUT_SECONDS"]
+    assert env["AGENT_RESULTS_CONTAINER"] == app["RESULTS_CONTAINER"]
+    assert env["AGENT_CLAIM_TABLE"] == app["CLAIM_TABLE"]
+    assert env["AGENT_VM_TABLE"] == app["VM_TABLE"]
+    argv = container["command"] + container.get("args", [])
+    assert argv == ["python", "-m", "agent"]  # no wrapper that stops a pod mid-job
+    assert "activeDeadlineSeconds" not in job["spec"]["jobTargetRef"]
 
 
 def test_scalers_point_at_real_queues_and_targets(manifests: list[dict[str, Any]]) -> None:

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from shared.api import ApiError
-from shared.callback import acknowledge, caller_address, check_done, check_idle
+from shared.callback import acknowledge, caller_address, check_done, check_idle, withdraw
 from shared.pipeline import issue_work_item, start_job
 from shared.pool.registry import VmState
 from shared.services import Services
@@ -53,13 +53,29 @@ def test_genuine_report_is_accepted_once(services: Services) -> None:
     event = check(services, "vm01", "job-1", _body(item.token), {})
     assert (event.instance_id, event.event_name, event.repeat) == ("job-1", "done-0-1", False)
     assert event.payload["bytesOut"] == 7 and event.payload["vm"] == "vm01"
-    acknowledge(services, event, "vm01")
+    assert acknowledge(services, event, "vm01")
     again = check(services, "vm01", "job-1", _body(item.token), {})
     assert again.repeat is True
 
 
+def test_only_one_of_two_racing_reports_may_raise_and_a_withdrawn_one_may_again(
+        services: Services) -> None:
+    item = _item(services)
+    services.claims.claim(item, "vm01")
+    first = check(services, "vm01", "job-1", _body(item.token), {})
+    second = check(services, "vm01", "job-1", _body(item.token), {})  # read before either acks
+    assert not first.repeat and not second.repeat
+    etag = acknowledge(services, first, "vm01")
+    assert etag and acknowledge(services, second, "vm01") is None  # the ETag guard refuses it
+    withdraw(services, first, etag)  # raising failed: a retry must be able to raise
+    retry = check(services, "vm01", "job-1", _body(item.token), {})
+    assert retry.repeat is False and acknowledge(services, retry, "vm01")
+
+
 @pytest.mark.parametrize(("vm", "job", "body", "status", "code"), [
-    ("vm09", "job-1", None, 404, "NotFound"),            # not in the pool
+    ("vm09", "job-1", None, 403, "NotClaimed"),          # a non-member without the claim
+    ("vm09", "job-1", _body("0" * 64), 403, "InvalidToken"),  # a non-member, forged
+    ("vm/../x", "job-1", None, 400, "BadRequest"),       # no worker has such a name
     ("vm01", "job-x", None, 404, "NotFound"),            # unknown job
     ("vm01", "job-1", _body("0" * 64), 403, "InvalidToken"),  # forged token
     ("vm02", "job-1", None, 403, "NotClaimed"),          # another VM holds the claim
@@ -76,6 +92,24 @@ def test_bad_reports_are_refused(services: Services, vm: str, job: str, body: by
     assert (err.value.status, err.value.code) == (status, code)
     # nothing changed: the issued item is not acknowledged
     assert services.issued.get("job-1", 0, 1)[1] is False
+
+
+def test_worker_outside_the_pool_is_proven_by_token_and_claim(services: Services,
+                                                             storage_env: dict[str, str]) -> None:
+    """A Kubernetes pod has no pool row: the token and the claim it holds are its proof."""
+    item = _item(services)
+    services.claims.claim(item, "vmpool-agent-7xk2p-abcde")
+    event = check(services, "vmpool-agent-7xk2p-abcde", "job-1", _body(item.token), {})
+    assert event.repeat is False and event.payload["vm"] == "vmpool-agent-7xk2p-abcde"
+    with pytest.raises(ApiError) as err:  # idle asks the scaler to stop a machine: members only
+        check_idle(services, "vmpool-agent-7xk2p-abcde", b"{}", {})
+    assert err.value.status == 404
+    strict = Services(Settings.from_env({**storage_env, "CHECK_CALLER_IP": "true"}),
+                      services.connection)
+    with pytest.raises(ApiError) as err:  # no address is known for a non-member
+        check(strict, "vmpool-agent-7xk2p-abcde", "job-1", _body(item.token),
+              {"client-ip": "10.0.0.9:1"})
+    assert err.value.code == "AddressMismatch"
 
 
 def test_attempt_never_issued_and_bad_output(services: Services) -> None:

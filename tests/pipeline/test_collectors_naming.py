@@ -7,12 +7,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from shared.api import ApiError, parse_json_body
+from shared.api import ApiError, parse_json_body, public_reason
 from shared.collectors import CollectError, collect, fetch_items
 from shared.naming import (
     BlobNameError,
+    InstanceIdError,
     check_blob_name,
+    check_instance_id,
+    check_prefix,
+    check_source_blob_name,
     file_instance_id,
+    max_source_name,
     result_blob_name,
     run_instance_id,
 )
@@ -92,15 +97,52 @@ def test_naming_rules() -> None:
         with pytest.raises(BlobNameError):
             check_blob_name(bad)
     assert check_blob_name("ok/名前 (1).json") == "ok/名前 (1).json"
+    for bad in ("lone-\ud800", "/".join(["s"] * 255)):
+        with pytest.raises(BlobNameError):
+            check_blob_name(bad)
+
+
+def test_source_names_leave_room_for_derived_names() -> None:
+    assert max_source_name(["process"]) == 1024 - len(".process.out")
+    assert max_source_name(["extract", "transform"]) == 1024 - len(".extract.out.transform.out")
+    assert max_source_name(["a"]) == 1024 - len(".error.json")  # the failure record is longer
+    fits = "n" * max_source_name(["process"])
+    assert len(result_blob_name(fits, "process")) == 1024
+    assert check_source_blob_name(fits, ["process"]) == fits
+    with pytest.raises(BlobNameError, match="output and failure names"):
+        check_source_blob_name(fits + "n", ["process"])
+
+
+def test_prefixes_and_instance_ids() -> None:
+    assert check_prefix("") == "" and check_prefix("2026/12/") == "2026/12/"
+    for bad in ("\x00", "p" * 1025, "/abs", "../x", "a/../b", "\ud800"):
+        with pytest.raises(BlobNameError):
+            check_prefix(bad)
+    assert check_instance_id("file-" + "0" * 40) and check_instance_id("run-api-1_a")
+    for bad in ("", "a/b", "a%2Fb", "a b", "x" * 121, "é"):
+        with pytest.raises(InstanceIdError):
+            check_instance_id(bad)
+
+
+def test_public_reason_drops_traceback_and_paths() -> None:
+    text = ("Orchestrator function 'process_run' failed: KeyError: 'x' in /srv/app/shared/x.py "
+            "for data/a/b.json\n Traceback (most recent call last):\n  File \"/srv/app/y.py\"")
+    assert public_reason(text) == ("Orchestrator function 'process_run' failed: KeyError: 'x' "
+                                   "in <path> for data/a/b.json")
 
 
 @pytest.mark.parametrize(("body", "status", "code"), [
-    (b"x" * 2000, 413, "PayloadTooLarge"),
+    (b"x" * 300_001, 413, "PayloadTooLarge"),
     (b"", 400, "InvalidJson"),
     (b"{oops", 400, "InvalidJson"),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "InvalidJson"),  # RecursionError inside json
+    (b'{"n": NaN}', 400, "InvalidJson"),
+    (b'{"n": -Infinity}', 400, "InvalidJson"),
+    (b'{"n": 1e999}', 400, "InvalidJson"),  # parses to inf
+    (b'{"s": "\\ud800"}', 400, "InvalidJson"),  # a lone surrogate no storage call encodes
 ])
 def test_body_parsing_errors(body: bytes, status: int, code: str) -> None:
     with pytest.raises(ApiError) as err:
-        parse_json_body(body, max_bytes=1024)
+        parse_json_body(body, max_bytes=300_000)
     assert (err.value.status, err.value.code) == (status, code)
     assert err.value.body()["error"]["code"] == code

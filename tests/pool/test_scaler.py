@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared.claims import ClaimStore
-from shared.pool.backends import VmNotFound
+from shared.pool.backends import VmNotFound, local_agent_env
 from shared.pool.backends.external import ExternalBackend
 from shared.pool.backends.local import LocalBackend
 from shared.pool.policy import Actions, PolicyConfig
@@ -18,7 +18,7 @@ from shared.pool.registry import PoolRegistry, UnknownVm, VmState
 from shared.pool.scaler import Scaler, run_scaler, sync_members
 from shared.services import Services
 from shared.settings import SettingError, Settings
-from shared.storage import StorageConnection
+from shared.storage import StorageConnection, ensure_resources
 from shared.workitem import WorkItem
 
 FakeArm = Any  # the fake ARM of conftest.py
@@ -263,8 +263,6 @@ def test_local_pool_end_to_end(settings: Settings, connection: StorageConnection
                                registry: PoolRegistry, storage_env: dict[str, str],
                                tmp_path: Path) -> None:
     """Backlog -> the scaler spawns an agent -> it heartbeats -> idle -> it is stopped."""
-    from shared.pool.backends import local_agent_env  # noqa: PLC0415
-
     env = {**local_agent_env(settings, storage_env), "AGENT_STANDIN_HEARTBEAT": "1",
            "AGENT_STANDIN_ROOT": str(ROOT)}
     backend = LocalBackend(tmp_path, [sys.executable, str(STANDIN)], agent_env=env,
@@ -290,8 +288,6 @@ def test_local_pool_end_to_end(settings: Settings, connection: StorageConnection
 def test_run_scaler_from_settings(storage_env: dict[str, str], connection: StorageConnection,
                                   fake_arm: FakeArm) -> None:
     """The timer's entry point: members from POOL_VMS, the azure backend from settings."""
-    from shared.storage import ensure_resources  # noqa: PLC0415
-
     env = {**storage_env, "POOL_BACKEND": "azure", "POOL_VMS": "vm01..vm02", "VM_SLOTS": "2",
            "AZURE_SUBSCRIPTION_ID": fake_arm.subscription,
            "POOL_RESOURCE_GROUP": fake_arm.resource_group, "ARM_ENDPOINT": fake_arm.base_url}

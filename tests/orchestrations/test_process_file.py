@@ -1,0 +1,159 @@
+"""`process_file` replayed through the SDK's helper: the exact actions of each path."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from shared import contracts
+from shared.contracts import FileJob
+from shared.orchestrations import UnsupportedVersion, process_file
+from tests.orchestrations.replay import (
+    T0,
+    Replay,
+    activity,
+    activity_with_retry,
+    any_of,
+    event,
+    timer,
+)
+
+JOB: FileJob = {"jobId": "file-1", "instanceId": "file-1", "container": "data",
+                "blob": "in/a.csv", "runId": "", "actions": ["process"], "maxAttempts": 3,
+                "timeoutS": 600, "backoffS": 30.0}
+CAPACITY = lambda reason: activity(contracts.REQUEST_CAPACITY, {"reason": reason})  # noqa: E731
+
+
+def work(step: int, action: str, blob: str, attempt: int) -> tuple:
+    return activity_with_retry(contracts.ISSUE_WORK_ITEM, {
+        "jobId": "file-1", "instanceId": "file-1", "step": step, "action": action,
+        "blob": blob, "attempt": attempt})
+
+
+def issued(step: int, attempt: int) -> dict:
+    return {"jobId": "file-1", "step": step, "attempt": attempt,
+            "eventName": contracts.done_event_name(step, attempt)}
+
+
+def reported(status: str = "succeeded", **fields: object) -> dict:
+    return {"status": status, "vm": "vm01", "exitCode": 0 if status == "succeeded" else 1,
+            "error": "", "output": "", "bytesIn": 0, "bytesOut": 0, "durationMs": 5, **fields}
+
+
+def start(job: FileJob = JOB, **options: object) -> Replay:
+    run = Replay(process_file, job, instance_id=job["instanceId"], **options)
+    run.expect(activity_with_retry(contracts.START_JOB, job))
+    run.complete({"jobId": job["jobId"], "status": "queued"})
+    return run
+
+
+def issue(run: Replay, step: int, action: str, blob: str, attempt: int) -> None:
+    """The work item, then a capacity request, then the wait for done-or-timeout."""
+    run.expect(work(step, action, blob, attempt))
+    assert run.context.custom_status == {"state": "waiting", "step": step, "action": action,
+                                         "attempt": attempt}
+    run.complete(issued(step, attempt))
+    run.expect(CAPACITY("work issued"))
+    run.complete({})
+    deadline = run.context.current_utc_datetime + timedelta(seconds=JOB["timeoutS"])
+    run.expect(any_of(event(contracts.done_event_name(step, attempt)), timer(deadline)))
+
+
+def finish(run: Replay, outcome: dict) -> None:
+    run.expect(activity_with_retry(contracts.FINISH_JOB, outcome))
+    assert run.context.custom_status == {"state": "recording", "status": outcome["status"]}
+    run.complete({"durationMs": 1234})
+    run.expect(CAPACITY("job finished"))
+    run.complete({})
+    assert run.output == {**outcome, "durationMs": 1234}
+
+
+def test_one_step_done_before_the_timeout_cancels_the_timer() -> None:
+    run = start()
+    issue(run, 0, "process", "data/in/a.csv", 1)
+    done, deadline = run.task.children
+    run.complete(reported(output="results/in/a.csv.process.out", bytesIn=10, bytesOut=7),
+                 task=done)
+    assert deadline.action_repr.is_cancelled  # the extension is told to drop the timer
+    finish(run, {"jobId": "file-1", "status": "succeeded", "error": "", "bytesIn": 10,
+                 "bytesOut": 7, "output": "results/in/a.csv.process.out", "vm": "vm01"})
+
+
+def test_each_step_consumes_the_previous_steps_output() -> None:
+    job: FileJob = {**JOB, "actions": ["extract", "transform"]}
+    run = start(job)
+    issue(run, 0, "extract", "data/in/a.csv", 1)
+    run.complete(reported(output="results/in/a.csv.extract.out", bytesIn=100, bytesOut=40),
+                 task=run.task.children[0])
+    issue(run, 1, "transform", "results/in/a.csv.extract.out", 1)
+    run.complete(reported(output="results/in/a.csv.extract.out.transform.out", bytesIn=40,
+                          bytesOut=9, vm="vm02"), task=run.task.children[0])
+    # bytes in are the first step's input; bytes out and the output are the last step's
+    finish(run, {"jobId": "file-1", "status": "succeeded", "error": "", "bytesIn": 100,
+                 "bytesOut": 9, "output": "results/in/a.csv.extract.out.transform.out",
+                 "vm": "vm02"})
+
+
+def test_a_failed_step_stops_the_job_before_the_next_step() -> None:
+    job: FileJob = {**JOB, "actions": ["extract", "transform"], "maxAttempts": 1}
+    run = start(job)
+    issue(run, 0, "extract", "data/in/a.csv", 1)
+    run.complete(reported("failed", error="bad header"), task=run.task.children[0])
+    # the job's outcome names no VM: the step's attempts may have run on several
+    finish(run, {"jobId": "file-1", "status": "failed", "error": "bad header", "bytesIn": 0,
+                 "bytesOut": 0, "output": "", "vm": ""})
+
+
+def test_timeouts_and_failures_are_retried_with_doubling_backoff() -> None:
+    run = start()
+    issue(run, 0, "process", "data/in/a.csv", 1)
+    run.fire(run.task.children[1])  # attempt 1: the timeout wins
+    first_backoff = T0 + timedelta(seconds=600 + 30)
+    run.expect(timer(first_backoff))
+    run.fire()
+    issue(run, 0, "process", "data/in/a.csv", 2)
+    run.complete(reported("failed", exitCode=3, error=""), task=run.task.children[0])
+    second_backoff = first_backoff + timedelta(seconds=60)  # 30 s doubled
+    run.expect(timer(second_backoff))
+    run.fire()
+    issue(run, 0, "process", "data/in/a.csv", 3)
+    run.fire(run.task.children[1])  # the last attempt times out: no backoff after it
+    finish(run, {"jobId": "file-1", "status": "failed",
+                 "error": "step 0 (process) attempt 3 timed out", "bytesIn": 0, "bytesOut": 0,
+                 "output": "", "vm": ""})
+
+
+def test_a_failed_attempt_without_an_error_text_reports_its_exit_code() -> None:
+    run = start({**JOB, "maxAttempts": 1})
+    issue(run, 0, "process", "data/in/a.csv", 1)
+    run.complete(reported("failed", exitCode=3, error=""), task=run.task.children[0])
+    finish(run, {"jobId": "file-1", "status": "failed", "error": "exit code 3", "bytesIn": 0,
+                 "bytesOut": 0, "output": "", "vm": ""})
+
+
+def test_an_activity_that_gives_up_still_records_the_job() -> None:
+    run = start()
+    run.expect(work(0, "process", "data/in/a.csv", 1))
+    run.fail(RuntimeError("queue unavailable"))
+    finish(run, {"jobId": "file-1", "status": "failed",
+                 "error": "pipeline error: queue unavailable", "bytesIn": 0, "bytesOut": 0,
+                 "output": "", "vm": ""})
+
+
+def test_a_failed_capacity_request_only_delays_capacity() -> None:
+    run = start({**JOB, "maxAttempts": 1})
+    run.expect(work(0, "process", "data/in/a.csv", 1))
+    run.complete(issued(0, 1))
+    run.expect(CAPACITY("work issued"))
+    run.fail(RuntimeError("scaler down"))
+    run.expect(any_of(event("done-0-1"), timer(T0 + timedelta(seconds=600))))
+
+
+def test_an_unknown_version_is_refused_before_any_action() -> None:
+    with pytest.raises(UnsupportedVersion, match="'2.0'"):
+        Replay(process_file, JOB, version="2.0")
+
+
+def test_an_instance_without_a_version_is_replayed_as_the_first_version() -> None:
+    run = Replay(process_file, JOB, version=None)
+    run.expect(activity_with_retry(contracts.START_JOB, JOB))
