@@ -88,6 +88,10 @@ class AppClient:
         return self._post("/idle", {"idleSeconds": idle_seconds},
                           min(self.retry_seconds, 10.0))
 
+    def evicted(self, event_id: str) -> dict[str, Any]:
+        """Tell the app Azure is evicting this VM (a short retry window: the notice is short)."""
+        return self._post("/evicted", {"eventId": event_id}, min(self.retry_seconds, 10.0))
+
     def _post(self, path: str, body: dict[str, Any], budget: float) -> dict[str, Any]:
         retrying = Retrying(
             retry=retry_if_exception_type(TransientApiError),

@@ -68,6 +68,9 @@ class AgentConfig:
     use_pool: bool = True           # False where no pool table row exists (Kubernetes pods)
     exit_when_idle: bool = False    # exit 0 after the idle time (a Kubernetes Job's agent)
     max_dequeue_count: int = 5      # a malformed message moves to `<queue>-poison` after this
+    # Azure's Scheduled Events (IMDS) for a spot VM's Preempt notice; empty: not watched
+    scheduled_events_url: str = ""
+    scheduled_events_seconds: float = 5.0  # the notice is about 30 s: look well inside it
     extra_env: dict[str, str] = field(default_factory=dict, repr=False)  # from an env file
 
     @property
@@ -180,6 +183,8 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "AGENT_USE_POOL": ("use_pool", parse_bool),
     "AGENT_EXIT_WHEN_IDLE": ("exit_when_idle", parse_bool),
     "AGENT_MAX_DEQUEUE_COUNT": ("max_dequeue_count", _number(1, 1000, integer=True)),
+    "AGENT_SCHEDULED_EVENTS_URL": ("scheduled_events_url", _url),
+    "AGENT_SCHEDULED_EVENTS_SECONDS": ("scheduled_events_seconds", _number(0.1, 60)),
 }
 REQUIRED = ("AGENT_VM_NAME", "AGENT_API_BASE_URL", "AGENT_ACTIONS")
 STORAGE_KEYS = ("AGENT_STORAGE_CONNECTION", STORAGE_NAME)

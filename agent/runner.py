@@ -5,8 +5,11 @@ table, and hands the work item to the `Worker`. An empty queue makes the slot po
 pauses. The main thread beats the VM's heartbeat (a pool member's row, or for an agent outside
 the pool such as a Kubernetes pod, its ephemeral worker row) and, once nothing has been worked
 on for the idle time, asks the app once per idle period to shut the VM down (a pool member) or
-exits (`AGENT_EXIT_WHEN_IDLE`). `stop()` (SIGTERM) lets the
-jobs in hand finish and takes no new messages.
+exits (`AGENT_EXIT_WHEN_IDLE`). `stop()` (SIGTERM) lets the jobs in hand finish and takes no
+new messages. On a spot VM the main thread also watches Azure's Scheduled Events: at a Preempt
+notice the agent takes nothing new, hands the work in hand back at once (action stopped, claim
+released, message visible again), tells the app and acknowledges the event, all well inside
+the 30 s notice.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from agent import __version__
 from agent.api import ApiError, AppClient
 from agent.config import AgentConfig
 from agent.lease import MalformedMessage, MessageLease, decode
+from agent.scheduled_events import ScheduledEvent, ScheduledEvents
 from agent.worker import JOB_DIR_PREFIX, Worker
 from shared.claims import ClaimStore
 from shared.clock import utcnow
@@ -75,7 +79,11 @@ class Agent:
         self.api = AppClient(config.api_base_url, config.vm_name, config.function_key,
                              retry_seconds=config.api_retry_seconds,
                              timeout_seconds=config.api_timeout_seconds)
-        self.worker = Worker(config, conn.blob_service(), self.claims, self.api)
+        self.handing_back = threading.Event()
+        self.worker = Worker(config, conn.blob_service(), self.claims, self.api,
+                             self.handing_back)
+        self.events = (ScheduledEvents(config.scheduled_events_url, config.vm_name)
+                       if config.scheduled_events_url else None)
         self.activity = Activity()
         self.stopping = threading.Event()
         self.outcomes: dict[str, int] = {}
@@ -102,14 +110,20 @@ class Agent:
                  for i in range(cfg.slots)]
         for thread in slots:
             thread.start()
-        next_beat = 0.0
+        next_beat = next_look = 0.0
         last_idle_call = time.monotonic()
-        tick = min(1.0, cfg.heartbeat_seconds, max(cfg.idle_seconds, 0.1))
+        tick = min(1.0, cfg.heartbeat_seconds, max(cfg.idle_seconds, 0.1),
+                   cfg.scheduled_events_seconds)
         while any(t.is_alive() for t in slots):
             now = time.monotonic()
             if now >= next_beat:
                 self._vm_heartbeat()
                 next_beat = now + cfg.heartbeat_seconds
+            if self.events is not None and not self.handing_back.is_set() and now >= next_look:
+                next_look = now + cfg.scheduled_events_seconds
+                event = self.events.ending()
+                if event is not None:
+                    self._evicted(event, slots)
             if not self.stopping.is_set() and cfg.idle_seconds > 0:
                 idle = self.activity.idle_for()
                 if idle >= cfg.idle_seconds and now - last_idle_call >= cfg.idle_seconds:
@@ -123,7 +137,30 @@ class Agent:
                 thread.join(timeout=tick / len(slots))
         self._vm_heartbeat(final=True)
         self.api.close()
+        if self.events is not None:
+            self.events.close()
         log.info("agent %s stopped: %s", cfg.vm_name, self.outcomes)
+
+    HANDBACK_WAIT_S = 15.0  # of the ~30 s notice: the slots' hand-back, then the app is told
+
+    def _evicted(self, event: ScheduledEvent, slots: list[threading.Thread]) -> None:
+        """Azure will evict this VM: take nothing new, hand the work in hand back, tell the app,
+        then acknowledge the event so Azure need not wait out the notice."""
+        log.warning("scheduled event %s (%s, not before %s): handing the work back",
+                    event.event_id, event.event_type, event.not_before or "now")
+        self.handing_back.set()
+        self.stop()
+        deadline = time.monotonic() + self.HANDBACK_WAIT_S
+        while any(t.is_alive() for t in slots) and time.monotonic() < deadline:
+            for thread in slots:
+                thread.join(timeout=0.1)
+        if self.config.use_pool:
+            try:
+                self.api.evicted(event.event_id)
+            except ApiError as exc:
+                log.warning("could not tell the app about the eviction: %s", exc)
+        if self.events is not None and self.events.acknowledge(event):
+            log.info("scheduled event %s acknowledged", event.event_id)
 
     # --- the slot loop ------------------------------------------------------------------------
 
@@ -163,7 +200,7 @@ class Agent:
             self._count("malformed")
             return False
         if self.stopping.is_set():
-            lease.release()  # SIGTERM arrived while receiving: hand it straight back
+            lease.release()  # SIGTERM or an eviction arrived while receiving: hand it back
             return False
         try:
             got_slot = self.registry.claim_slot(cfg.vm_name) if cfg.use_pool else True

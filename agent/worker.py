@@ -46,6 +46,10 @@ class StepAbandoned(Exception):
     """This agent must stop working on the step without reporting (claim lost, storage down)."""
 
 
+class HandedBack(StepAbandoned):
+    """The VM is being evicted: the step goes back to the queue for another VM at once."""
+
+
 @dataclass
 class JobReport:
     """What the done callback carries."""
@@ -109,11 +113,13 @@ class Worker:
     """Processes work items for one agent (shared by its slots; holds no per-job state)."""
 
     def __init__(self, config: AgentConfig, blobs: BlobServiceClient, claims: ClaimStore,
-                 api: AppClient) -> None:
+                 api: AppClient, handing_back: threading.Event | None = None) -> None:
         self.config = config
         self.blobs = blobs
         self.claims = claims
         self.api = api
+        # Set when the VM is being evicted: every step in hand stops and goes back.
+        self.handing_back = handing_back or threading.Event()
 
     # --- the whole step ----------------------------------------------------------------------
 
@@ -136,6 +142,8 @@ class Worker:
         try:
             try:
                 report = self.run_step(item, job_dir, beat)
+            except HandedBack as exc:
+                return self.hand_back(item, lease, str(exc))
             except StepAbandoned as exc:
                 log.warning("job %s step %s: abandoned here: %s", item.job_id, item.step_key,
                             exc)
@@ -144,6 +152,15 @@ class Worker:
         finally:
             beat.stop()
             shutil.rmtree(job_dir, ignore_errors=True)
+
+    def hand_back(self, item: WorkItem, lease: MessageLease, reason: str) -> str:
+        """Give the attempt up so another VM takes it now, not after the claim goes stale: the
+        claim is released (a released claim is taken over at once, and the attempt is the same,
+        so it counts as no failure) and the message is made visible again."""
+        self._finish(item, ABANDONED, {"handedBack": reason[:200]})
+        lease.release()
+        log.warning("job %s step %s: handed back: %s", item.job_id, item.step_key, reason)
+        return "handed-back"
 
     def _job_dir(self, item: WorkItem, slot: int) -> Path:
         digest = hashlib.sha256(f"{item.job_id}/{item.step_key}".encode()).hexdigest()[:16]
@@ -178,12 +195,16 @@ class Worker:
             return bytes_in
         if beat.claim_lost.is_set():
             raise StepAbandoned("claim lost during download")
+        if self.handing_back.is_set():
+            raise HandedBack("the VM is being evicted")
 
         limit = self.config.max_output_bytes
 
         def on_tick() -> str | None:
             if beat.claim_lost.is_set():
                 return "claim lost"
+            if self.handing_back.is_set():
+                return "the VM is being evicted"
             size = _file_size(output_path)
             if size is not None and size > limit:
                 return f"output exceeded AGENT_MAX_OUTPUT_BYTES={limit}"
@@ -198,6 +219,8 @@ class Worker:
                                   "VMPOOL_ATTEMPT": str(item.attempt)})
         if beat.claim_lost.is_set():
             raise StepAbandoned("claim lost while the action ran")
+        if self.handing_back.is_set() and not result.succeeded:
+            raise HandedBack("the VM is being evicted; the action was stopped")
         if not result.succeeded:
             reason = result.stopped or f"action exited with {result.exit_code}"
             error = reason + (f"\n{result.stderr_tail}" if result.stderr_tail else "")

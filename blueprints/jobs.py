@@ -176,6 +176,18 @@ async def vm_idle_http(req: func.HttpRequest) -> func.HttpResponse:
     return json_response({"vm": vm, "deallocate": vm in applied.get("deallocate", [])})
 
 
+@bp.route(route="vms/{vm}/evicted", methods=["POST"])
+@api_errors
+async def vm_evicted_http(req: func.HttpRequest) -> func.HttpResponse:
+    """A spot VM's agent saw Azure's Preempt notice and handed its work back."""
+    services = get_services()
+    vm = req.route_params.get("vm", "")
+    event_id = callback.check_evicted(services, vm, req.get_body(), dict(req.headers))
+    callback.record_eviction(services, vm, event_id)
+    applied = request_capacity(services, f"{vm} evicted")
+    return json_response({"vm": vm, "state": "evicted", "start": applied.get("start", [])})
+
+
 @bp.route(route="deployment/status", methods=["GET"])
 @bp.durable_client_input(client_name="client")
 @api_errors

@@ -1,4 +1,4 @@
-"""The VM callbacks (`done`, `idle`), checked before anything changes.
+"""The VM callbacks (`done`, `idle`, `evicted`), checked before anything changes.
 
 A done callback is proven by what the caller holds, not by where it runs: the attempt was issued,
 the work item's HMAC token verifies, and the step is claimed by the calling worker. Workers need
@@ -18,7 +18,7 @@ from shared.api import ApiError, bad_request, field, not_found, parse_json_body,
 from shared.contracts import STEP_STATUSES, StepResult, done_event_name, is_valid_vm_name
 from shared.jobs import JobNotFound
 from shared.naming import BlobNameError, check_blob_name
-from shared.pool.registry import UnknownVm, VmRecord
+from shared.pool.registry import UnknownVm, VmPriority, VmRecord
 from shared.services import Services
 from shared.workitem import verify
 
@@ -162,6 +162,29 @@ def record_done(services: Services, event: DoneEvent, vm: str) -> None:
                            data={k: v for k, v in event.payload.items() if k != "error"})
     except Exception:  # noqa: BLE001 - the job row and the orchestration hold the result
         log.warning("could not log the done callback of %s", event.job_id, exc_info=True)
+
+
+def check_evicted(services: Services, vm: str, body: bytes, headers: dict[str, str]) -> str:
+    """Validate an eviction notice from a pool VM's agent; returns the event id it names.
+
+    Only a spot member can be evicted; the VM must be in the pool (and, with
+    CHECK_CALLER_IP, call from its own address), as for every VM callback."""
+    data = require_object(parse_json_body(body or b"{}", services.settings.max_body_bytes))
+    event_id = field(data, "eventId", str, required=False, default="")
+    if len(event_id) > 100:
+        raise bad_request("field 'eventId' must be at most 100 characters")
+    record = _check_member(services, vm, headers)
+    if record.priority != VmPriority.SPOT:
+        raise ApiError(409, "NotSpot", f"VM '{vm}' is an on-demand member; only spot VMs are "
+                                       "evicted")
+    return event_id
+
+
+def record_eviction(services: Services, vm: str, event_id: str) -> None:
+    """The VM is being evicted: its work was handed back; it holds no slot from now on."""
+    services.scaler.evicted(vm, f"spot eviction notice {event_id}".strip())
+    services.log.write("vm.evicted", f"VM {vm} is being evicted (Preempt {event_id}); its work "
+                       "went back to the queue", vm=vm, data={"eventId": event_id})
 
 
 def check_idle(services: Services, vm: str, body: bytes, headers: dict[str, str]) -> int:

@@ -56,7 +56,8 @@ def pool_status(services: Services) -> dict[str, Any]:
     scaler = services.scaler
     vms = []
     for rec in scaler.registry.list():
-        vms.append({"name": rec.name, "state": rec.state.value, "slots": rec.slots,
+        vms.append({"name": rec.name, "state": rec.state.value, "priority": rec.priority.value,
+                    "slots": rec.slots,
                     "busy": rec.busy, "lastActivity": rec.last_activity.isoformat(),
                     "lastHeartbeat": rec.last_heartbeat.isoformat()
                     if rec.last_heartbeat else None,

@@ -221,6 +221,15 @@ def document() -> dict[str, Any]:
                 "type": "number", "minimum": 0, "maximum": 10**9, "exclusiveMaximum": True}})),
             "responses": {"200": _resp("Noted", _obj({"vm": STR, "deallocate": BOOL})),
                           **_errors(400, 401, 403, 404, 413)}}},
+        "/api/vms/{vm}/evicted": {"post": {
+            "operationId": "vm_evicted_http",
+            "summary": "A spot VM got Azure's Preempt notice and handed its work back",
+            "parameters": [path_param("vm")],
+            "requestBody": _body(_obj({"eventId": {"type": "string", "maxLength": 100}})),
+            "responses": {"200": _resp("Recorded", _obj({
+                "vm": STR, "state": {"type": "string", "enum": ["evicted"]},
+                "start": {"type": "array", "items": STR}})),
+                          **_errors(400, 401, 403, 404, 409, 413)}}},
         "/api/dashboard": {"get": {
             "operationId": "dashboard_http", "security": [],
             "summary": "The operators' dashboard page (asks for the function key itself)",

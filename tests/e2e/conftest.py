@@ -128,7 +128,9 @@ def start_app(azurite: Azurite, tmp_path: Path) -> Iterator[Callable[..., App]]:
     for app in started:
         app.host.stop()
         backend = make_backend(app.services.settings, env=app.env)
-        for vm in parse_pool_vms(app.services.settings.pool_vms):
+        settings = app.services.settings
+        spot = parse_pool_vms(settings.pool_spot_vms) if settings.pool_spot_vms else []
+        for vm in [*parse_pool_vms(settings.pool_vms), *spot]:
             try:
                 backend.deallocate(vm)
             except Exception:  # noqa: BLE001, S112 - best effort cleanup of agent processes
