@@ -2,13 +2,12 @@
 on Kubernetes; the pool VMs' agent gets only variables the agent reads."""
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 from agent.config import REQUIRED as AGENT_REQUIRED
 from agent.config import variable_names as agent_variable_names
-from scripts import bicep_reader as br
+from scripts import bicep as br
 from shared.settings import setting_names
 
 # Host-level settings the templates set for the Functions host and SDKs (not read by our code).
@@ -21,8 +20,8 @@ HOST_SETTINGS = {
 
 
 def _app_settings(infra: Path) -> set[str]:
-    main = br.object_literal_keys(br.read(infra / "main.bicep"), "appSettings")
-    host = br.object_literal_keys(br.read(infra / "app" / "api.bicep"), "hostSettings")
+    main = br.object_literal_keys(br.load(infra / "main.bicep"), "appSettings")
+    host = br.object_literal_keys(br.load(infra / "app" / "api.bicep"), "hostSettings")
     return set(main) | set(host)
 
 
@@ -39,32 +38,33 @@ def test_templates_set_no_unknown_app_setting(infra: Path) -> None:
 
 
 def test_azure_values_that_matter(infra: Path) -> None:
-    main = br.strip_comments(br.read(infra / "main.bicep"))
-    assert re.search(r"^\s*POOL_BACKEND: 'azure'$", main, re.MULTILINE)
-    assert re.search(r"^\s*BLOB_TRIGGER_SOURCE: 'EventGrid'$", main, re.MULTILINE)
-    assert "@Microsoft.KeyVault(SecretUri=" in main
-    assert "AZURE_SUBSCRIPTION_ID: subscription().subscriptionId" in main
+    main = br.load(infra / "main.bicep")
+    settings = br.object_literal(main, "appSettings")
+    assert settings["POOL_BACKEND"] == "azure"
+    assert settings["BLOB_TRIGGER_SOURCE"] == "EventGrid"
+    assert settings["CALLBACK_SIGNING_KEY"] == (
+        "@Microsoft.KeyVault(SecretUri=${keyVault.outputs.callbackSecretUri})")
+    assert settings["AZURE_SUBSCRIPTION_ID"] == br.expression("subscription().subscriptionId")
     # Slot-sticky: each slot its own task hub; only production drives the pool.
-    assert "var stickySettingNames = concat(['TASKHUB_NAME', 'POOL_BACKEND']" in main
-    api = br.read(infra / "app" / "api.bicep")
-    assert "AzureWebJobsStorage__credential: 'managedidentity'" in api
-    storage = br.read(infra / "core" / "storage" / "storage-account.bicep")
-    assert "allowSharedKeyAccess: false" in storage
+    sticky = br.variable(main, "stickySettingNames")["function"]
+    assert sticky["type"] == "concat"
+    assert sticky["parameters"]["arg_1"] == ["TASKHUB_NAME", "POOL_BACKEND"]
+    api = br.object_literal(br.load(infra / "app" / "api.bicep"), "hostSettings")
+    assert api["AzureWebJobsStorage__credential"] == "managedidentity"
+    storage = br.load(infra / "core" / "storage" / "storage-account.bicep")
+    assert br.values_of(storage, "allowSharedKeyAccess") == [False]
 
 
 def test_functions_disabled_in_staging_exist(infra: Path, root: Path) -> None:
     """The sticky AzureWebJobs.<name>.Disabled settings must name real functions."""
-    main = br.strip_comments(br.read(infra / "main.bicep"))
-    match = re.search(r"^param stagingDisabledFunctions array = (\[.*\])$", main, re.MULTILINE)
-    assert match
-    names = ast.literal_eval(match.group(1))
+    names = br.parameters(br.load(infra / "main.bicep"))["stagingDisabledFunctions"].default
     defined = {m for p in (root / "blueprints").glob("*.py")
                for m in re.findall(r"^(?:async )?def (\w+)\(", p.read_text(), re.MULTILINE)}
     assert names and set(names) <= defined, f"not functions: {set(names) - defined}"
 
 
 def test_vm_agent_environment_names_what_the_agent_reads(infra: Path) -> None:
-    text = br.read(infra / "app" / "vmpool.bicep")
+    text = (infra / "app" / "vmpool.bicep").read_text()
     block = text[text.index("var agentEnv"):text.index("resource vms")]
     names = set(re.findall(r"^\s*'([A-Za-z_]+)=", block, re.MULTILINE))
     known = set(agent_variable_names()) | {"AZURE_CLIENT_ID", "VMPOOL_AGENT_PACKAGE_URL"}
@@ -72,5 +72,5 @@ def test_vm_agent_environment_names_what_the_agent_reads(infra: Path) -> None:
     assert names <= known, f"the agent reads no {sorted(names - known)}"
     assert set(AGENT_REQUIRED) <= names, f"missing {set(AGENT_REQUIRED) - names}"
     # The agent adds /api/vms/... itself: it gets the app's root URL.
-    main = br.read(infra / "main.bicep")
+    main = (infra / "main.bicep").read_text()
     assert "var appBaseUrl = 'https://${functionAppName}.azurewebsites.net'" in main

@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from agent.config import load as load_agent_config
-from scripts import bicep_reader as br
 
 # Sample values for the Bicep expressions used in vmpool.bicep's agentEnv lines; an expression
 # not listed here fails the test, so the rendering below follows the template as it changes.
@@ -48,7 +47,7 @@ def _render_env(vmpool: str) -> str:
 
 def test_cloud_init_is_static_and_user_data_carries_the_agent_env(root: Path, infra: Path,
                                                                   tmp_path: Path) -> None:
-    vmpool = br.read(infra / "app" / "vmpool.bicep")
+    vmpool = (infra / "app" / "vmpool.bicep").read_text()
     template = (root / "shared" / "pool" / "vm" / "cloud-init.yaml").read_text()
     assert template.startswith("#cloud-config")
     assert "__AGENT_" not in template  # no placeholders: nothing in it is per VM

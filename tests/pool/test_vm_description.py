@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from scripts import bicep_reader as br
 from shared.pool.vmspec import CLOUD_INIT_PATH, PROFILE_PATH, profile
 from tests.pool.conftest import SAMPLE_AGENT
 
@@ -71,7 +70,7 @@ def test_pool_add_body_is_the_shared_profile(vm_body: dict) -> None:
 
 
 def test_bicep_takes_the_same_properties_from_the_same_file() -> None:
-    text = br.read(ROOT / "infra" / "app" / "vmpool.bicep")
+    text = (ROOT / "infra" / "app" / "vmpool.bicep").read_text()
     assert "loadJsonContent('../../shared/pool/vm/profile.json')" in text
     assert "loadTextContent('../../shared/pool/vm/cloud-init.yaml')" in text
     for wiring in ("type: vmProfile.identityType",
@@ -121,7 +120,7 @@ def test_user_data_settings_pass_the_agent_check(vm_body: dict, tmp_path: Path) 
 
 
 def test_user_data_names_what_bicep_writes(vm_body: dict) -> None:
-    text = br.read(ROOT / "infra" / "app" / "vmpool.bicep")
+    text = (ROOT / "infra" / "app" / "vmpool.bicep").read_text()
     block = text[text.index("var agentEnv"):text.index("resource vms")]
     bicep_names = set(re.findall(r"^\s*'([A-Za-z_]+)=", block, re.MULTILINE))
     env_text = base64.b64decode(vm_body["properties"]["userData"]).decode()
