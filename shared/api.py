@@ -101,6 +101,46 @@ def field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], *,
     return value
 
 
+@dataclass(frozen=True)
+class BodyField:
+    """One field of a JSON request body: what the handler reads, and what the OpenAPI document
+    says about it (`tools/make_openapi.py` builds the schema from these)."""
+
+    name: str
+    kind: type | tuple[type, ...]
+    required: bool = False
+    default: Any = None
+    nullable: bool = False          # null is accepted and means "not given"
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_maximum: bool = False
+
+    def in_range(self, value: float) -> bool:
+        """Within the bounds; NaN never is (it compares false)."""
+        if self.minimum is not None and not value >= self.minimum:
+            return False
+        if self.maximum is None:
+            return True
+        return value < self.maximum if self.exclusive_maximum else value <= self.maximum
+
+
+def read_body(data: dict[str, Any], spec: tuple[BodyField, ...]) -> dict[str, Any]:
+    """Every field of `spec`, typed and checked, with its default where it is not given."""
+    values: dict[str, Any] = {}
+    for f in spec:
+        value = field(data, f.name, f.kind, required=f.required, default=f.default)
+        if f.choices and value not in f.choices:
+            raise bad_request(f"field '{f.name}' must be "
+                              + " or ".join(f"'{choice}'" for choice in f.choices))
+        if value is not None and not f.in_range(value):
+            bounds = (f"from {f.minimum} to {f.maximum}" if f.maximum is not None
+                      else f"at least {f.minimum}")
+            raise bad_request(f"field '{f.name}' must be a number {bounds}")
+        values[f.name] = value
+    return values
+
+
 def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
     if raw is None or raw == "":
         return default

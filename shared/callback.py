@@ -14,7 +14,15 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from shared.api import ApiError, bad_request, field, not_found, parse_json_body, require_object
+from shared.api import (
+    ApiError,
+    BodyField,
+    bad_request,
+    not_found,
+    parse_json_body,
+    read_body,
+    require_object,
+)
 from shared.contracts import STEP_STATUSES, StepResult, done_event_name, is_valid_vm_name
 from shared.jobs import JobNotFound
 from shared.naming import BlobNameError, check_blob_name
@@ -25,6 +33,21 @@ from shared.workitem import verify
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 8000
 MAX_IDLE_SECONDS = 10**9  # about 31 years: anything larger is not a real idle time
+COUNTS = ("bytesIn", "bytesOut", "durationMs")
+
+# The bodies the agent posts; the handlers read exactly these, and openapi.json is built from
+# them. `action` is what the agent ran: informational, the issued work item is what counts.
+DONE_BODY = (
+    BodyField("step", int, required=True), BodyField("attempt", int, required=True),
+    BodyField("token", str, required=True), BodyField("action", str),
+    BodyField("status", str, required=True, choices=STEP_STATUSES),
+    BodyField("exitCode", int, nullable=True), BodyField("error", str, default="", nullable=True),
+    BodyField("output", str, default="", nullable=True),
+    *(BodyField(name, int, default=0, minimum=0) for name in COUNTS),
+)
+# NaN fails the range check too (it compares false).
+IDLE_BODY = (BodyField("idleSeconds", (int, float), default=0, minimum=0,
+                       maximum=MAX_IDLE_SECONDS, exclusive_maximum=True),)
 
 
 @dataclass(frozen=True)
@@ -93,20 +116,10 @@ def _check_member(services: Services, vm: str, headers: dict[str, str]) -> VmRec
 def check_done(services: Services, vm: str, job_id: str, body: bytes,
                headers: dict[str, str]) -> DoneEvent:
     s = services.settings
-    data = require_object(parse_json_body(body, s.max_body_bytes))
-    step = field(data, "step", int)
-    attempt = field(data, "attempt", int)
-    token = field(data, "token", str)
-    status = field(data, "status", str)
-    if status not in STEP_STATUSES:
-        raise bad_request("field 'status' must be 'succeeded' or 'failed'")
-    output = field(data, "output", str, required=False, default="")
-    exit_code = field(data, "exitCode", int, required=False)
-    error = field(data, "error", str, required=False, default="")
-    numbers = {k: field(data, k, int, required=False, default=0)
-               for k in ("bytesIn", "bytesOut", "durationMs")}
-    if any(v < 0 for v in numbers.values()):
-        raise bad_request("byte counts and durations must not be negative")
+    values = read_body(require_object(parse_json_body(body, s.max_body_bytes)), DONE_BODY)
+    step, attempt, token, status = (values[k] for k in ("step", "attempt", "token", "status"))
+    output, exit_code, error = values["output"], values["exitCode"], values["error"]
+    numbers = {k: values[k] for k in COUNTS}
     if output:
         container, _, name = output.partition("/")
         try:
@@ -131,7 +144,7 @@ def check_done(services: Services, vm: str, job_id: str, body: bytes,
         raise ApiError(403, "NotClaimed",
                        f"step {step} attempt {attempt} is not claimed by VM '{vm}'")
     payload: StepResult = {"status": status, "vm": vm, "exitCode": exit_code,
-               "error": error[-MAX_ERROR_CHARS:], "output": output, **numbers}
+                           "error": error[-MAX_ERROR_CHARS:], "output": output, **numbers}
     return DoneEvent(item.instance_id, done_event_name(step, attempt), payload, acknowledged,
                      job_id, step, attempt, etag)
 
@@ -190,8 +203,6 @@ def record_eviction(services: Services, vm: str, event_id: str) -> None:
 def check_idle(services: Services, vm: str, body: bytes, headers: dict[str, str]) -> int:
     """Validate an idle report; returns the idle seconds it claims."""
     data = require_object(parse_json_body(body or b"{}", services.settings.max_body_bytes))
-    idle = field(data, "idleSeconds", (int, float), required=False, default=0)
-    if not 0 <= idle < MAX_IDLE_SECONDS:  # also refuses NaN, which compares false
-        raise bad_request(f"field 'idleSeconds' must be a number from 0 to {MAX_IDLE_SECONDS}")
+    idle = read_body(data, IDLE_BODY)["idleSeconds"]
     _check_member(services, vm, headers)
     return int(idle)

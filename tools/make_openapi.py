@@ -1,7 +1,10 @@
 """Writes `openapi.json`, the API description the app serves at /api/openapi.json.
 
-Kept as code so the schemas stay consistent; `tests/pipeline/test_openapi.py` checks that every
-HTTP function of the app is described and that the committed file is current.
+Kept as code so the schemas stay consistent, and built from what the handlers validate with:
+statuses and change types from `shared.contracts`, the VM callback bodies from the `BodyField`s
+`shared.callback` reads. `tests/pipeline/test_openapi.py` checks that every HTTP function of the
+app is described, field by field where a schema mirrors a handler, and that the committed file
+is current.
 """
 from __future__ import annotations
 
@@ -13,9 +16,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from shared.api import BodyField  # noqa: E402
+from shared.callback import DONE_BODY, IDLE_BODY  # noqa: E402
 from shared.changes import MAX_SLOTS, MAX_SPEC_TEXT, MAX_VMS_PER_CHANGE  # noqa: E402
-from shared.contracts import CHANGE_STATUSES, CHANGE_TYPES, RUN_STATUSES  # noqa: E402
-from shared.jobs import STATUSES as JOB_STATUSES  # noqa: E402
+from shared.contracts import (  # noqa: E402
+    CHANGE_STATUSES,
+    CHANGE_TYPES,
+    JOB_STATUSES,
+    RUN_STATUSES,
+)
 from shared.naming import MAX_BLOB_NAME, MAX_INSTANCE_ID, max_source_name  # noqa: E402
 from shared.settings import parse_actions  # noqa: E402
 
@@ -49,7 +58,6 @@ def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, 
 
 STR, INT, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
 ANY = {"type": "object", "additionalProperties": True}
-COUNT = {"type": "integer", "minimum": 0}
 NULLABLE_STR = {"type": "string", "nullable": True}  # null is the same as leaving it out
 SPEC_TEXT = {"type": "string", "maxLength": MAX_SPEC_TEXT, "nullable": True}
 # What the server checks, stated so a client (or a fuzzer) knows it before sending.
@@ -75,6 +83,33 @@ RUN_ID = {"type": "string", "minLength": 1, "maxLength": 80, "pattern": "^[A-Za-
                          "timer's run-<scheduled time> and generated run-api-<hex>)."}
 VM_NAME = {"type": "string", "minLength": 1, "maxLength": 64,
            "pattern": "^[A-Za-z0-9]([A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?$"}
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array",
+               dict: "object"}
+
+
+def _field_schema(f: BodyField) -> dict[str, Any]:
+    kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
+    names = {_JSON_TYPES[k] for k in kinds}
+    schema: dict[str, Any] = {"type": "number" if names == {"integer", "number"}
+                              else names.pop()}
+    if f.choices:
+        schema["enum"] = list(f.choices)
+    if f.nullable:
+        schema["nullable"] = True
+    if f.minimum is not None:
+        schema["minimum"] = f.minimum
+    if f.maximum is not None:
+        schema["maximum"] = f.maximum
+        if f.exclusive_maximum:
+            schema["exclusiveMaximum"] = True
+    return schema
+
+
+def _body_schema(spec: tuple[BodyField, ...], **described: dict[str, Any]) -> dict[str, Any]:
+    """A request body's schema from the fields its handler reads; `described` adds what the
+    handler checks in code of its own (a name's pattern) to a field's schema."""
+    return _obj({f.name: {**_field_schema(f), **described.get(f.name, {})} for f in spec},
+                [f.name for f in spec if f.required] or None)
 
 
 IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
@@ -201,24 +236,17 @@ def document() -> dict[str, Any]:
             "operationId": "vm_done_http",
             "summary": "A VM reports a finished step (token-checked; a repeat is a no-op)",
             "parameters": [path_param("vm", VM_NAME), path_param("job_id")],
-            "requestBody": _body(_obj({
-                "step": INT, "attempt": INT, "token": STR, "action": STR,
-                "status": {"type": "string", "enum": ["succeeded", "failed"]},
-                "exitCode": {"type": "integer", "nullable": True},
-                "error": {"type": "string", "nullable": True},
-                "output": {"type": "string", "nullable": True, "maxLength": 1032,
-                           "pattern": f"^(results/{_SEGMENT}({_NAME_CHARS}*{_SEGMENT})?)?$",
-                           "description": "An output blob in the results container "
-                                          "(RESULTS_CONTAINER; 'results' by default)."},
-                "bytesIn": COUNT, "bytesOut": COUNT, "durationMs": COUNT},
-                ["step", "attempt", "token", "status"])),
+            "requestBody": _body(_body_schema(DONE_BODY, output={
+                "maxLength": 1032,
+                "pattern": f"^(results/{_SEGMENT}({_NAME_CHARS}*{_SEGMENT})?)?$",
+                "description": "An output blob in the results container "
+                               "(RESULTS_CONTAINER; 'results' by default)."})),
             "responses": {"200": _resp("Accepted", _obj({"accepted": BOOL, "repeat": BOOL})),
                           **_errors(400, 401, 403, 404, 409, 410, 413)}}},
         "/api/vms/{vm}/idle": {"post": {
             "operationId": "vm_idle_http", "summary": "A VM has nothing to do",
             "parameters": [path_param("vm", VM_NAME)],
-            "requestBody": _body(_obj({"idleSeconds": {
-                "type": "number", "minimum": 0, "maximum": 10**9, "exclusiveMaximum": True}})),
+            "requestBody": _body(_body_schema(IDLE_BODY)),
             "responses": {"200": _resp("Noted", _obj({"vm": STR, "deallocate": BOOL})),
                           **_errors(400, 401, 403, 404, 413)}}},
         "/api/vms/{vm}/evicted": {"post": {
