@@ -8,7 +8,6 @@ failing later in the middle of a job.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shlex
@@ -19,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from shared.contracts import InvalidVmName, validate_vm_name
-from shared.settings import parse_bool, parse_container_name, parse_table_name
+from shared.settings import (
+    parse_bool,
+    parse_container_name,
+    parse_float_range,
+    parse_int_range,
+    parse_table_name,
+    parse_text,
+)
 from shared.storage import StorageConfigError, StorageConnection
 
 try:  # Python 3.11+
@@ -91,28 +97,6 @@ class AgentConfig:
 # --- parsers: raw text -> value, ValueError on bad input ---------------------------------------
 
 
-def _number(low: float, high: float, integer: bool = False) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        text = raw.strip()
-        try:
-            value: float = int(text) if integer else float(text)
-        except ValueError:
-            kind = "an integer" if integer else "a number"
-            raise ValueError(f"expected {kind}, got {raw!r}") from None
-        if math.isnan(value) or not low <= value <= high:
-            raise ValueError(f"expected a value from {low:g} to {high:g}, got {text}")
-        return value
-
-    return parse
-
-
-def _text(raw: str) -> str:
-    value = raw.strip()
-    if not value:
-        raise ValueError("must not be empty")
-    return value
-
-
 def _vm_name(raw: str) -> str:
     """The pool's own rule, so the agent never runs under a name the pool refuses."""
     try:
@@ -163,28 +147,28 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "AGENT_API_BASE_URL": ("api_base_url", _url),
     "AGENT_FUNCTION_KEY": ("function_key", str.strip),
     "AGENT_ACTIONS": ("actions", parse_actions),
-    "AGENT_ACTION_TIMEOUT_SECONDS": ("action_timeout_seconds", _number(1, 7 * 86400)),
-    "AGENT_SLOTS": ("slots", _number(1, 256, integer=True)),
-    "AGENT_WORK_DIR": ("work_dir", lambda raw: Path(_text(raw)).expanduser()),
+    "AGENT_ACTION_TIMEOUT_SECONDS": ("action_timeout_seconds", parse_float_range(1, 7 * 86400)),
+    "AGENT_SLOTS": ("slots", parse_int_range(1, 256)),
+    "AGENT_WORK_DIR": ("work_dir", lambda raw: Path(parse_text(raw)).expanduser()),
     "AGENT_WORK_QUEUE": ("work_queue", parse_container_name),
     "AGENT_RESULTS_CONTAINER": ("results_container", parse_container_name),
     "AGENT_CLAIM_TABLE": ("claim_table", parse_table_name),
     "AGENT_VM_TABLE": ("vm_table", parse_table_name),
-    "AGENT_POLL_MIN_SECONDS": ("poll_min_seconds", _number(0.01, 3600)),
-    "AGENT_POLL_MAX_SECONDS": ("poll_max_seconds", _number(0.01, 3600)),
+    "AGENT_POLL_MIN_SECONDS": ("poll_min_seconds", parse_float_range(0.01, 3600)),
+    "AGENT_POLL_MAX_SECONDS": ("poll_max_seconds", parse_float_range(0.01, 3600)),
     "AGENT_VISIBILITY_TIMEOUT_SECONDS": ("visibility_timeout_seconds",
-                                         _number(1, 7 * 86400, integer=True)),
-    "AGENT_IDLE_SECONDS": ("idle_seconds", _number(0, 7 * 86400)),
-    "AGENT_MAX_OUTPUT_BYTES": ("max_output_bytes", _number(1, 4 * 1024**4, integer=True)),
-    "AGENT_CLAIM_STALE_SECONDS": ("claim_stale_seconds", _number(1, 7 * 86400)),
-    "AGENT_HEARTBEAT_SECONDS": ("heartbeat_seconds", _number(0.1, 3600)),
-    "AGENT_API_RETRY_SECONDS": ("api_retry_seconds", _number(0, 86400)),
-    "AGENT_API_TIMEOUT_SECONDS": ("api_timeout_seconds", _number(1, 600)),
+                                         parse_int_range(1, 7 * 86400)),
+    "AGENT_IDLE_SECONDS": ("idle_seconds", parse_float_range(0, 7 * 86400)),
+    "AGENT_MAX_OUTPUT_BYTES": ("max_output_bytes", parse_int_range(1, 4 * 1024**4)),
+    "AGENT_CLAIM_STALE_SECONDS": ("claim_stale_seconds", parse_float_range(1, 7 * 86400)),
+    "AGENT_HEARTBEAT_SECONDS": ("heartbeat_seconds", parse_float_range(0.1, 3600)),
+    "AGENT_API_RETRY_SECONDS": ("api_retry_seconds", parse_float_range(0, 86400)),
+    "AGENT_API_TIMEOUT_SECONDS": ("api_timeout_seconds", parse_float_range(1, 600)),
     "AGENT_USE_POOL": ("use_pool", parse_bool),
     "AGENT_EXIT_WHEN_IDLE": ("exit_when_idle", parse_bool),
-    "AGENT_MAX_DEQUEUE_COUNT": ("max_dequeue_count", _number(1, 1000, integer=True)),
+    "AGENT_MAX_DEQUEUE_COUNT": ("max_dequeue_count", parse_int_range(1, 1000)),
     "AGENT_SCHEDULED_EVENTS_URL": ("scheduled_events_url", _url),
-    "AGENT_SCHEDULED_EVENTS_SECONDS": ("scheduled_events_seconds", _number(0.1, 60)),
+    "AGENT_SCHEDULED_EVENTS_SECONDS": ("scheduled_events_seconds", parse_float_range(0.1, 60)),
 }
 REQUIRED = ("AGENT_VM_NAME", "AGENT_API_BASE_URL", "AGENT_ACTIONS")
 STORAGE_KEYS = ("AGENT_STORAGE_CONNECTION", STORAGE_NAME)

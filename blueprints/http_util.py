@@ -9,8 +9,11 @@ import azure.functions as func
 
 from shared.api import ApiError, parse_json_body, require_object
 from shared.durable_client import instance_status
+from shared.idempotency import run_idempotent
+from shared.services import Services
 
-__all__ = ["api_errors", "error_response", "instance_status", "json_body", "json_response"]
+__all__ = ["api_errors", "error_response", "idempotent_submit", "instance_status", "json_body",
+           "json_response", "keyed_response"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,16 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 def keyed_response(body: Any, status: int, replayed: bool) -> func.HttpResponse:
     """An answer to a submit; a repeat of an earlier keyed request says so in a header."""
     return json_response(body, status, {"Idempotent-Replayed": "true"} if replayed else None)
+
+
+async def idempotent_submit(req: func.HttpRequest, services: Services, scope: str,
+                            data: dict, submit: Callable[[str | None], Awaitable[tuple[int, dict]]]
+                            ) -> func.HttpResponse:
+    """Run `submit` once per idempotency key (None without one); a repeat gets the first
+    answer, marked as replayed."""
+    status, answer, replayed = await run_idempotent(services.idempotency, scope,
+                                                    dict(req.headers), data, submit)
+    return keyed_response(answer, status, replayed)
 
 
 def error_response(error: ApiError) -> func.HttpResponse:

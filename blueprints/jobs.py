@@ -11,18 +11,17 @@ import azure.functions as func
 
 from blueprints.http_util import (
     api_errors,
+    idempotent_submit,
     instance_status,
     json_body,
     json_response,
-    keyed_response,
 )
 from shared import callback, contracts
-from shared.api import bad_request, conflict, int_param, not_found
+from shared.api import bad_request, choice_param, conflict, int_param, not_found
 from shared.capacity import request_capacity
 from shared.contracts import RUN_STATUSES
 from shared.deployment import deployment_status
 from shared.durable_client import raise_event, start_once
-from shared.idempotency import run_idempotent
 from shared.jobs import STATUSES, JobNotFound
 from shared.naming import InstanceIdError, check_instance_id
 from shared.paging import decode_token, list_answer
@@ -54,10 +53,8 @@ async def submit_job_http(req: func.HttpRequest,
     """Start a job for a blob in the data container, uploading it first when content is given."""
     services = get_services()
     data = _body(req)
-    status, answer, replayed = await run_idempotent(
-        services.idempotency, "jobs", dict(req.headers), data,
-        lambda key: _submit_job(services, client, data))
-    return keyed_response(answer, status, replayed)
+    return await idempotent_submit(req, services, "jobs", data,
+                                   lambda key: _submit_job(services, client, data))
 
 
 async def _submit_job(services: Services, client: df.DurableOrchestrationClient,
@@ -83,9 +80,7 @@ async def get_job_http(req: func.HttpRequest,
 @bp.route(route="jobs", methods=["GET"])
 @api_errors
 async def list_jobs_http(req: func.HttpRequest) -> func.HttpResponse:
-    status = req.params.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise bad_request(f"query parameter 'status' must be one of {', '.join(STATUSES)}")
+    status = choice_param(req.params.get("status"), "status", STATUSES)
     run_id = req.params.get("runId") or None
     limit = int_param(req.params.get("limit"), "limit", 100, 1, 1000)
     jobs, token = get_services().jobs.page(status=status, run_id=run_id, limit=limit,
@@ -101,10 +96,8 @@ async def start_run_http(req: func.HttpRequest,
     """Start a run over existing blobs: a prefix, or a list of names."""
     services = get_services()
     data = _body(req)
-    status, answer, replayed = await run_idempotent(
-        services.idempotency, "runs", dict(req.headers), data,
-        lambda key: _start_run(services, client, data, key))
-    return keyed_response(answer, status, replayed)
+    return await idempotent_submit(req, services, "runs", data,
+                                   lambda key: _start_run(services, client, data, key))
 
 
 async def _start_run(services: Services, client: df.DurableOrchestrationClient, data: dict,
@@ -120,9 +113,7 @@ async def _start_run(services: Services, client: df.DurableOrchestrationClient, 
 @api_errors
 async def list_runs_http(req: func.HttpRequest) -> func.HttpResponse:
     """Runs newest first; filter `status`; pages with `continuationToken`."""
-    status = req.params.get("status") or None
-    if status is not None and status not in RUN_STATUSES:
-        raise bad_request(f"query parameter 'status' must be one of {', '.join(RUN_STATUSES)}")
+    status = choice_param(req.params.get("status"), "status", RUN_STATUSES)
     limit = int_param(req.params.get("limit"), "limit", 100, 1, 1000)
     runs, token = list_runs(get_services(), status, limit,
                             decode_token(req.params.get("continuationToken")))

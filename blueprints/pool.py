@@ -6,13 +6,13 @@ import azure.functions as func
 
 from blueprints.http_util import (
     api_errors,
+    idempotent_submit,
     instance_status,
     json_body,
     json_response,
-    keyed_response,
 )
 from shared import contracts, orchestrations
-from shared.api import bad_request, int_param, not_found
+from shared.api import choice_param, int_param, not_found
 from shared.capacity import pool_status, request_capacity
 from shared.changes import (
     change_step,
@@ -22,7 +22,8 @@ from shared.changes import (
     valid_change_id,
 )
 from shared.contracts import CHANGE_STATUSES, CHANGE_TYPES
-from shared.idempotency import derived_id, run_idempotent
+from shared.durable_client import start_once
+from shared.idempotency import derived_id
 from shared.paging import decode_token, list_answer
 from shared.services import get_services
 
@@ -56,29 +57,20 @@ async def submit_change_http(req: func.HttpRequest,
         change = parse_change(services, data,
                               f"change-{derived_id('changes', key)}" if key else None)
         # A keyed request taking over from one that died may find the change started.
-        if not key or await instance_status(client, change.change_id) is None:
-            await client.start_new(contracts.POOL_CHANGE, change.change_id, change.to_input())
+        if await start_once(client, contracts.POOL_CHANGE, change.change_id, change.to_input()):
             record_change(services, {**change.to_input(), "status": "pending"})
         return 202, {"changeId": change.change_id,
                      "statusUrl": f"/api/changes/{change.change_id}"}
 
-    status, answer, replayed = await run_idempotent(services.idempotency, "changes",
-                                                    dict(req.headers), data, submit)
-    return keyed_response(answer, status, replayed)
+    return await idempotent_submit(req, services, "changes", data, submit)
 
 
 @bp.route(route="changes", methods=["GET"])
 @api_errors
 async def list_changes_http(req: func.HttpRequest) -> func.HttpResponse:
     """Pool changes newest first; filters `status`, `changeType`; `continuationToken` pages."""
-    status = req.params.get("status") or None
-    if status is not None and status not in CHANGE_STATUSES:
-        raise bad_request(
-            f"query parameter 'status' must be one of {', '.join(CHANGE_STATUSES)}")
-    change_type = req.params.get("changeType") or None
-    if change_type is not None and change_type not in CHANGE_TYPES:
-        raise bad_request(
-            f"query parameter 'changeType' must be one of {', '.join(CHANGE_TYPES)}")
+    status = choice_param(req.params.get("status"), "status", CHANGE_STATUSES)
+    change_type = choice_param(req.params.get("changeType"), "changeType", CHANGE_TYPES)
     limit = int_param(req.params.get("limit"), "limit", 100, 1, 1000)
     changes, token = list_changes(get_services(), status, change_type, limit,
                                   decode_token(req.params.get("continuationToken")))

@@ -141,6 +141,15 @@ def read_body(data: dict[str, Any], spec: tuple[BodyField, ...]) -> dict[str, An
     return values
 
 
+def choice_param(raw: str | None, name: str, choices: tuple[str, ...]) -> str | None:
+    """An optional query filter that must be one of `choices`; None when not given."""
+    if not raw:
+        return None
+    if raw not in choices:
+        raise bad_request(f"query parameter '{name}' must be one of {', '.join(choices)}")
+    return raw
+
+
 def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
     if raw is None or raw == "":
         return default

@@ -18,6 +18,7 @@ from shared.api import (
     ApiError,
     BodyField,
     bad_request,
+    field,
     not_found,
     parse_json_body,
     read_body,

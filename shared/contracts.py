@@ -63,7 +63,14 @@ CHANGE_STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 POWER_REQUESTED = "waiting"
 
 
-class VmState(str, Enum):
+class _States(str, Enum):
+    """String states that print as their value (in messages, logs and f-strings)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class VmState(_States):
     """A pool VM's state in the pool table; the policy reasons over the same values."""
 
     DEALLOCATED = "deallocated"
@@ -86,11 +93,8 @@ class VmPriority(str, Enum):
     REGULAR = "regular"
     SPOT = "spot"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class PowerState(str, Enum):
+class PowerState(_States):
     """What a backend says a machine is doing (Azure's PowerState codes plus "unknown")."""
 
     RUNNING = "running"
@@ -99,9 +103,6 @@ class PowerState(str, Enum):
     DEALLOCATED = "deallocated"
     DEALLOCATING = "deallocating"
     UNKNOWN = "unknown"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # --- VM names ----------------------------------------------------------------------------------

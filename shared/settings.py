@@ -42,30 +42,25 @@ def parse_bool(raw: str) -> bool:
     raise ValueError(f"expected true or false, got {raw!r}")
 
 
-def _int_range(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+def _in_range(kind: Callable[[str], T], what: str, low: T, high: T) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
         try:
-            value = int(raw.strip())
+            value = kind(raw.strip())
         except ValueError:
-            raise ValueError(f"expected an integer, got {raw!r}") from None
+            raise ValueError(f"expected {what}, got {raw!r}") from None
         if not low <= value <= high:
-            raise ValueError(f"expected an integer from {low} to {high}, got {value}")
+            raise ValueError(f"expected {what} from {low} to {high}, got {value}")
         return value
 
     return parse
 
 
-def _float_range(low: float, high: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ValueError(f"expected a number, got {raw!r}") from None
-        if not low <= value <= high:
-            raise ValueError(f"expected a number from {low} to {high}, got {value}")
-        return value
+def parse_int_range(low: int, high: int) -> Callable[[str], int]:
+    return _in_range(int, "an integer", low, high)
 
-    return parse
+
+def parse_float_range(low: float, high: float) -> Callable[[str], float]:
+    return _in_range(float, "a number", low, high)
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -172,27 +167,27 @@ class Settings:
     claim_table: str = _setting("CLAIM_TABLE", parse_table_name, "tblclaim")
     idempotency_table: str = _setting("IDEMPOTENCY_TABLE", parse_table_name, "tblidem")
     idempotency_retention_seconds: int = _setting(
-        "IDEMPOTENCY_RETENTION_SECONDS", _int_range(60, 30 * 86400), "86400")
+        "IDEMPOTENCY_RETENTION_SECONDS", parse_int_range(60, 30 * 86400), "86400")
 
     pool_backend: str = _setting("POOL_BACKEND", _choice("local", "azure", "external"), "local")
     pool_vms: str = _setting("POOL_VMS", parse_text, "vm01..vm03")
     # Members that are Azure Spot VMs (same syntax as POOL_VMS; empty: none). They are started
     # first; an evicted one waits SPOT_BACKOFF_SECONDS before it is started again.
     pool_spot_vms: str = _setting("POOL_SPOT_VMS", str, "")
-    spot_backoff_seconds: int = _setting("SPOT_BACKOFF_SECONDS", _int_range(0, 86400), "900")
-    pool_max_running: int = _setting("POOL_MAX_RUNNING", _int_range(0, 1000), "10")
-    pool_min_running: int = _setting("POOL_MIN_RUNNING", _int_range(0, 1000), "0")
-    vm_slots: int = _setting("VM_SLOTS", _int_range(1, 256), "1")
-    boot_timeout_seconds: int = _setting("BOOT_TIMEOUT_SECONDS", _int_range(10, 7200), "600")
-    idle_cooldown_seconds: int = _setting("IDLE_COOLDOWN_SECONDS", _int_range(0, 86400), "120")
+    spot_backoff_seconds: int = _setting("SPOT_BACKOFF_SECONDS", parse_int_range(0, 86400), "900")
+    pool_max_running: int = _setting("POOL_MAX_RUNNING", parse_int_range(0, 1000), "10")
+    pool_min_running: int = _setting("POOL_MIN_RUNNING", parse_int_range(0, 1000), "0")
+    vm_slots: int = _setting("VM_SLOTS", parse_int_range(1, 256), "1")
+    boot_timeout_seconds: int = _setting("BOOT_TIMEOUT_SECONDS", parse_int_range(10, 7200), "600")
+    idle_cooldown_seconds: int = _setting("IDLE_COOLDOWN_SECONDS", parse_int_range(0, 86400), "120")
     heartbeat_timeout_seconds: int = _setting(
-        "HEARTBEAT_TIMEOUT_SECONDS", _int_range(10, 86400), "300")
+        "HEARTBEAT_TIMEOUT_SECONDS", parse_int_range(10, 86400), "300")
 
     pipeline_actions: tuple[str, ...] = _setting("PIPELINE_ACTIONS", parse_actions, "process")
-    job_timeout_seconds: int = _setting("JOB_TIMEOUT_SECONDS", _int_range(10, 604800), "3600")
-    max_attempts: int = _setting("MAX_ATTEMPTS", _int_range(1, 20), "3")
+    job_timeout_seconds: int = _setting("JOB_TIMEOUT_SECONDS", parse_int_range(10, 604800), "3600")
+    max_attempts: int = _setting("MAX_ATTEMPTS", parse_int_range(1, 20), "3")
     retry_backoff_seconds: float = _setting(
-        "RETRY_BACKOFF_SECONDS", _float_range(0, 3600), "30")
+        "RETRY_BACKOFF_SECONDS", parse_float_range(0, 3600), "30")
     keep_originals: bool = _setting("KEEP_ORIGINALS", parse_bool, "true")
 
     collect_schedule: str = _setting("COLLECT_SCHEDULE", parse_ncrontab, "0 0 */4 * * *")
@@ -204,7 +199,7 @@ class Settings:
 
     callback_signing_key: str = _setting("CALLBACK_SIGNING_KEY", parse_text, secret=True)
     check_caller_ip: bool = _setting("CHECK_CALLER_IP", parse_bool, "false")
-    max_body_bytes: int = _setting("MAX_BODY_BYTES", _int_range(1024, 100 * 1024 * 1024),
+    max_body_bytes: int = _setting("MAX_BODY_BYTES", parse_int_range(1024, 100 * 1024 * 1024),
                                    str(1024 * 1024))
 
     azure_subscription_id: str = _setting("AZURE_SUBSCRIPTION_ID", str, "")
@@ -229,7 +224,7 @@ class Settings:
     local_agent_command: str = _setting("LOCAL_AGENT_COMMAND", parse_text, "python -m agent")
     local_state_dir: str = _setting("LOCAL_STATE_DIR", str, "")
     local_stop_grace_seconds: float = _setting(
-        "LOCAL_STOP_GRACE_SECONDS", _float_range(0, 3600), "30")
+        "LOCAL_STOP_GRACE_SECONDS", parse_float_range(0, 3600), "30")
     local_agent_api_base_url: str = _setting(
         "LOCAL_AGENT_API_BASE_URL", parse_text, "http://127.0.0.1:7071")
     local_agent_function_key: str = _setting("LOCAL_AGENT_FUNCTION_KEY", str, "", secret=True)

@@ -12,7 +12,7 @@ Queue messages are base64 text, as the Functions queue trigger expects.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,30 +139,23 @@ def ensure_resources(settings: Settings, conn: StorageConnection) -> dict[str, l
 
     Returns what was newly created, so callers can log it.
     """
-    created: dict[str, list[str]] = {"containers": [], "queues": [], "tables": []}
-    blobs = conn.blob_service()
-    for name in settings.containers():
-        try:
-            blobs.create_container(name)
-            created["containers"].append(name)
-        except ResourceExistsError:
-            pass
     queues = conn.queue_service()
     # An existing queue answers 204 rather than 409, so look before creating.
     existing = {q.name for q in queues.list_queues()}
-    for name in settings.queues():
-        if name in existing:
-            continue
+    return {"containers": _create_missing(conn.blob_service().create_container,
+                                          settings.containers()),
+            "queues": _create_missing(queues.create_queue,
+                                      [n for n in settings.queues() if n not in existing]),
+            "tables": _create_missing(conn.table_service().create_table, settings.tables())}
+
+
+def _create_missing(create: Callable[[str], Any], names: Iterable[str]) -> list[str]:
+    """Create each of `names`; returns the ones that did not exist yet."""
+    created = []
+    for name in names:
         try:
-            queues.create_queue(name)
-            created["queues"].append(name)
-        except ResourceExistsError:
-            pass
-    tables = conn.table_service()
-    for name in settings.tables():
-        try:
-            tables.create_table(name)
-            created["tables"].append(name)
+            create(name)
+            created.append(name)
         except ResourceExistsError:
             pass
     return created
