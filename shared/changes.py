@@ -120,8 +120,9 @@ def valid_change_id(change_id: str) -> bool:
 
 
 def change_step(services: Services, request: ChangeStepRequest) -> ChangeStepResult:
-    """`change_step_activity`: one step of a change, once; backend and registry errors become
-    the step's error (a throttled backend: poll again later), never a crashed activity."""
+    """The change-step activity (`contracts.CHANGE_STEP`): one step of a change, once; backend
+    and registry errors become the step's error (a throttled backend: poll again later), never
+    a crashed activity."""
     operation = request.get("operation")
     try:
         return run_step(services.scaler, request["step"], request["spec"], operation,

@@ -16,19 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from shared import contracts
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_VENV = ROOT / ".venv-worker"
 WORKER_RUNTIME = "azure-functions-runtime==1.3.0"
 
-# Every function the app must expose; indexing must report each of them.
+# Every function the app must expose; indexing must report each of them. The orchestrators and
+# activities are named by the contracts, the one place their names are written.
 EXPECTED_FUNCTIONS = {
-    "health_http", "collect_data_timer", "data_blob_trigger", "process_file", "process_run",
-    "start_job_activity", "issue_work_item_activity", "finish_job_activity",
-    "request_capacity_activity", "collect_data_activity", "list_files_activity",
-    "record_run_activity", "pool_scaler_timer", "pool_status_http", "submit_change_http",
-    "get_change_http", "pool_change", "change_step_activity", "record_change_activity",
-    "submit_job_http", "get_job_http", "list_jobs_http", "start_run_http", "get_run_http",
-    "vm_done_http", "vm_idle_http", "deployment_status_http", "openapi_http",
+    "health_http", "collect_data_timer", "data_blob_trigger", *contracts.ORCHESTRATORS,
+    *contracts.ACTIVITIES, "pool_scaler_timer", "pool_status_http", "submit_change_http",
+    "get_change_http", "submit_job_http", "get_job_http", "list_jobs_http", "start_run_http",
+    "get_run_http", "vm_done_http", "vm_idle_http", "deployment_status_http", "openapi_http",
 }
 
 

@@ -166,7 +166,7 @@ def test_inputs_that_used_to_fail_with_500_get_4xx_json_and_change_nothing(start
 
 def test_a_failed_orchestration_shows_no_traceback_or_server_path(start_app) -> None:
     app = start_app(POOL_MAX_RUNNING="0")
-    # No container: list_files_activity fails with a KeyError, and the host records the
+    # No container: the list-files activity fails with a KeyError, and the host records the
     # orchestration as failed with that activity's traceback.
     started = requests.post(
         f"{app.base}/runtime/webhooks/durabletask/orchestrators/process_run/broken-run",
