@@ -164,7 +164,10 @@ def run_step(scaler: Scaler, step: ChangeStep, spec: dict[str, Any], operation: 
             scaler.drain(vm)
         return step_done()
     if kind == "wait_idle":
-        return step_done() if registry.get(vm).busy == 0 else step_pending(None)
+        record = registry.get(vm)
+        # A failed VM's slots are void: its claims go stale and are retried elsewhere.
+        idle = record.busy == 0 or record.state == VmState.FAILED
+        return step_done() if idle else step_pending(None)
     if kind == "deallocate":
         if operation is None and registry.get(vm).state != VmState.DEALLOCATED:
             scaler.stop(vm)

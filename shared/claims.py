@@ -162,11 +162,21 @@ class ClaimStore:
         An abandoned attempt stays open: the next agent that receives its message takes it over.
         """
         now = now or utcnow()
+        return self._abandon([claim for claim in self.active()
+                              if (beat := claim.heartbeat_at or claim.claimed_at) is not None
+                              and now - beat >= self.stale_after], now)
+
+    def abandon_held_by(self, vm: str, before: datetime, now: datetime | None = None
+                        ) -> list[Claim]:
+        """Abandon the claims `vm` took or heartbeated before `before`: the machine is known to
+        be gone, so its work need not wait for the claims to go stale."""
+        return self._abandon([claim for claim in self.active() if claim.vm == vm
+                              and (claim.heartbeat_at or claim.claimed_at or before) < before],
+                             now or utcnow())
+
+    def _abandon(self, claims: list[Claim], now: datetime) -> list[Claim]:
         abandoned = []
-        for claim in self.active():
-            beat = claim.heartbeat_at or claim.claimed_at
-            if beat is None or now - beat < self.stale_after:
-                continue
+        for claim in claims:
             try:
                 update_if_unchanged(self.table, {"PartitionKey": claim.job_id,
                                                  "RowKey": claim.step_key, "state": ABANDONED,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
+from itertools import islice
 
 from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient
@@ -31,6 +32,7 @@ from shared.storage import StorageConnection, ensure_resources
 
 log = logging.getLogger(__name__)
 ARRIVAL_WINDOW_S = 600.0  # the policy's arrival-rate window
+WAITING_FILES_LIMIT = 200  # enough to tell "work is on its way", cheap enough for every pass
 
 
 @dataclass
@@ -95,9 +97,19 @@ class Services:
                 scaler = Scaler.from_services(self)
                 scaler.arrival_times = lambda now: self.log.times(
                     "work.issued", datetime.fromtimestamp(now - ARRIVAL_WINDOW_S, timezone.utc))
+                scaler.waiting_files = self.count_waiting_files
                 self.sync_members(scaler)
                 self._scaler = scaler
             return self._scaler
+
+    def count_waiting_files(self, limit: int = WAITING_FILES_LIMIT) -> int:
+        """Blobs that arrived in the data container lately, in the first `limit` listed. Only
+        recent ones count: a file stuck there for longer is the sweeper's, not work on its
+        way, and must not keep VMs up."""
+        blobs = self.blobs.get_container_client(self.settings.data_container).list_blobs(
+            results_per_page=limit)
+        since = datetime.now(timezone.utc) - timedelta(seconds=ARRIVAL_WINDOW_S)
+        return sum(1 for blob in islice(blobs, limit) if blob.last_modified >= since)
 
     def sync_members(self, scaler: Scaler | None = None) -> list[str]:
         """Give every VM of `POOL_VMS` and `POOL_SPOT_VMS` a row; returns the names newly

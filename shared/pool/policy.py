@@ -17,14 +17,17 @@ The rules, in order of preference (the seed's VM selector, made capacity-aware):
    (`max_running` lowered), busy VMs are drained: they take no new work and stop once idle.
 3. An idle VM is kept warm for a while, because stopping it and starting it again costs a boot
    (billed, and waited for). Ski-rental rule: it is kept at most as long as a restart costs,
-   `min(idle_cooldown_s, boot_estimate_s)`, which is 2-competitive with knowing the future.
+   `min(idle_cooldown_s, boot_estimate_s)`, which is 2-competitive with knowing the future,
+   but at least `min_warm_s` (within the cooldown): a boot of seconds says little about what a
+   restart costs (billing, scheduling) and would make the pool flap between bursts. No idle VM
+   is stopped while work is queued or files are waiting to be triggered (`pending`).
    Only a few free slots are kept warm at once: what is expected to arrive during one boot
-   (`arrivals_per_s` x the median boot estimate, rounded: none when arrivals are rarer than one
-   per two boots, where a warm VM costs more than the boot it saves) when the caller knows the
-   arrival rate (see `arrival_rate`), else `ceil(0.5 * sqrt(in_flight))` (at least one), a
-   square-root margin for random arrivals against `in_flight` busy slots. Free slots on busy
-   VMs count as warm. Surplus idle VMs (the tail of a batch, when work ends everywhere at once)
-   are stopped at once.
+   (`arrivals_per_s` x the median boot estimate, at least `min_warm_s`, rounded: none when
+   arrivals are rarer than one per two boots, where a warm VM costs more than the boot it
+   saves) when the caller knows the arrival rate (see `arrival_rate`), else
+   `ceil(0.5 * sqrt(in_flight))` (at least one), a square-root margin for random arrivals
+   against `in_flight` busy slots. Free slots on busy VMs count as warm. Surplus idle VMs (the
+   tail of a batch, when work ends everywhere at once) are stopped at once.
 4. A VM that stays `starting` longer than `boot_timeout_s` is marked failed, and its capacity is
    replaced in the same evaluation.
 5. Spot members (`priority` "spot") cost a fraction of on-demand ones, so they are started
@@ -118,6 +121,10 @@ class PolicyConfig:
     boot_timeout_s: float
     min_running: int = 0
     spot_backoff_s: float = 900.0  # SPOT_BACKOFF_SECONDS: an evicted VM waits this long
+    # The least time an idle VM stays warm (within `idle_cooldown_s`), and the least horizon
+    # the warm reserve looks ahead: a boot estimate of seconds (a local agent, a warm host)
+    # must not shrink both to nothing, or the pool stops and starts between bursts.
+    min_warm_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_running < 0:
@@ -126,7 +133,7 @@ class PolicyConfig:
             raise PolicyInputError(
                 f"min_running must be from 0 to max_running ({self.max_running}), "
                 f"got {self.min_running}")
-        for name in ("idle_cooldown_s", "boot_timeout_s", "spot_backoff_s"):
+        for name in ("idle_cooldown_s", "boot_timeout_s", "spot_backoff_s", "min_warm_s"):
             value = getattr(self, name)
             _finite(name, value)
             if value < 0:
@@ -144,11 +151,15 @@ class Snapshot:
     # Optional: work items that arrived per second lately (e.g. jobs queued in the last
     # 10 minutes / 600). When known, it sizes the warm reserve; None falls back to in_flight.
     arrivals_per_s: float | None = None
+    # Files that have arrived but are not work items yet (blobs the trigger has not started):
+    # work on its way, so no idle VM is stopped while there are any.
+    pending: int = 0
 
     def __post_init__(self) -> None:
-        if self.queued < 0 or self.in_flight < 0:
+        if self.queued < 0 or self.in_flight < 0 or self.pending < 0:
             raise PolicyInputError(
-                f"queued and in_flight must not be negative, got {self.queued}, {self.in_flight}")
+                "queued, in_flight and pending must not be negative, got "
+                f"{self.queued}, {self.in_flight}, {self.pending}")
         _finite("now", self.now)
         if self.arrivals_per_s is not None:
             _finite("arrivals_per_s", self.arrivals_per_s)
@@ -202,8 +213,9 @@ def arrival_rate(arrivals: list[float] | tuple[float, ...], now: float,
 
 
 def effective_cooldown(vm: VmView, config: PolicyConfig) -> float:
-    """How long an idle VM is kept warm: the configured cooldown, capped at its restart cost."""
-    return min(config.idle_cooldown_s, vm.boot_estimate_s)
+    """How long an idle VM is kept warm: the configured cooldown, capped at its restart cost
+    but never below `min_warm_s` (itself capped by the cooldown)."""
+    return min(config.idle_cooldown_s, max(vm.boot_estimate_s, config.min_warm_s))
 
 
 WARM_BETA = 0.5  # docs/benchmarks.md: 1.0 cut steady p50 0.11 -> 0.04 boots for 0.5-1.6% cost
@@ -312,11 +324,13 @@ def decide(snapshot: Snapshot, config: PolicyConfig) -> Actions:
     up = len(running) + len(starting)
     idle = sorted((vm for vm in running if vm.busy == 0),
                   key=lambda vm: (_cheap_first(vm), -_idle_for(vm, now), vm.name))
-    reserve = warm_reserve(snapshot.in_flight, snapshot.arrivals_per_s, _typical_boot(vms))
+    horizon = min(config.idle_cooldown_s, max(_typical_boot(vms), config.min_warm_s))
+    reserve = warm_reserve(snapshot.in_flight, snapshot.arrivals_per_s, horizon)
     warm = max(0, spare - sum(vm.slots for vm in idle))  # already warm on busy/starting VMs
+    waiting = snapshot.queued + snapshot.pending  # work here or on its way
     for vm in idle:
-        if spare - vm.slots < 0 or up - 1 < config.min_running:
-            continue  # its slots are needed for queued work, or the pool's minimum
+        if waiting or spare - vm.slots < 0 or up - 1 < config.min_running:
+            continue  # work is waiting or arriving, or the pool's minimum needs it
         if _idle_for(vm, now) < effective_cooldown(vm, config) and warm < reserve:
             warm += vm.slots
             continue

@@ -115,7 +115,8 @@ class Scaler:
     def __init__(self, registry: PoolRegistry, backend: PoolBackend, queue: Any,
                  claims: ClaimStore, config: policy.PolicyConfig,
                  default_boot_estimate_s: float = DEFAULT_BOOT_ESTIMATE_S,
-                 min_reconcile_interval_s: float = 0.0) -> None:
+                 min_reconcile_interval_s: float = 0.0,
+                 failed_retry_s: float | None = None) -> None:
         self.registry = registry
         self.backend = backend
         self.queue = queue
@@ -125,10 +126,16 @@ class Scaler:
         # When work items were queued recently (epoch seconds), for the policy's arrival rate;
         # without it the policy sizes its warm reserve from the work in flight alone.
         self.arrival_times: Callable[[float], list[float]] | None = None
+        # How many files wait in the data container (bounded count): work on its way that the
+        # queue does not show yet, so the policy stops no idle VM meanwhile.
+        self.waiting_files: Callable[[], int] | None = None
         # Passes triggered by every event would each read every VM's power state; ARM limits
         # reads per subscription, so a busy app reconciles at most this often.
         self.min_reconcile_interval_s = min_reconcile_interval_s
         self._last_reconcile = float("-inf")
+        # How long a failed VM sits out before it may be started again (a boot that failed
+        # once is retried, not excluded for good); by default one boot timeout.
+        self.failed_retry_s = config.boot_timeout_s if failed_retry_s is None else failed_retry_s
 
     @classmethod
     def from_services(cls, services: Services, backend: PoolBackend | None = None,
@@ -180,9 +187,20 @@ class Scaler:
         now_s = _epoch(stamp)
         rate = (policy.arrival_rate(self.arrival_times(now_s), now_s)
                 if self.arrival_times is not None else None)
-        return policy.Snapshot(vms=tuple(self.view(r) for r in recs), queued=self.queued(),
-                               in_flight=len(self.claims.active()), now=now_s,
-                               arrivals_per_s=rate)
+        queued, in_flight = self.queued(), len(self.claims.active())
+        return policy.Snapshot(vms=tuple(self.view(r) for r in recs), queued=queued,
+                               in_flight=in_flight, now=now_s, arrivals_per_s=rate,
+                               pending=self._pending(queued, in_flight))
+
+    def _pending(self, queued: int, in_flight: int) -> int:
+        """Files waiting in the data container beyond the work already queued or claimed (the
+        blob trigger has not started them yet); 0 when unknown."""
+        if self.waiting_files is None:
+            return 0
+        try:
+            return max(0, self.waiting_files() - queued - in_flight)
+        except Exception:  # noqa: BLE001 - a listing failure only loses the hint
+            return 0
 
     # --- one pass ----------------------------------------------------------------------------
 
@@ -245,7 +263,7 @@ class Scaler:
 
     def start(self, vm: str, now: datetime | float | None = None,
               report: ScaleReport | None = None) -> VmRecord:
-        """Start a deallocated VM (or take a draining one back into service)."""
+        """Start a deallocated or failed VM (or take a draining one back into service)."""
         stamp = _as_datetime(now)
         report = report if report is not None else ScaleReport()
         rec = self.registry.get(vm)
@@ -253,8 +271,10 @@ class Scaler:
             rec = self.registry.transition(vm, VmState.RUNNING, [VmState.DRAINING], now=stamp)
             report.started.append(vm)
             return rec
-        self.registry.transition(vm, VmState.STARTING, [VmState.DEALLOCATED, VmState.EVICTED],
-                                 now=stamp, reason="", operation="")
+        # A failed VM may be started again (an operator's pool.start): its slots are void.
+        self.registry.transition(vm, VmState.STARTING,
+                                 [VmState.DEALLOCATED, VmState.EVICTED, VmState.FAILED],
+                                 now=stamp, reason="", operation="", busy=0)
         try:
             op = self.backend.start(vm)
         except CapacityUnavailable as exc:
@@ -327,12 +347,15 @@ class Scaler:
 
     def stop(self, vm: str, now: datetime | float | None = None,
              report: ScaleReport | None = None) -> VmRecord:
-        """Drain `vm`, and deallocate it if (and only if) it holds no work."""
+        """Drain `vm`, and deallocate it if (and only if) it holds no work (a failed VM's
+        slots hold none: it is deallocated at once)."""
         stamp = _as_datetime(now)
         report = report if report is not None else ScaleReport()
         rec = self.registry.get(vm)
         if rec.state in (VmState.DEALLOCATING, VmState.DEALLOCATED):
             return rec
+        if rec.state == VmState.FAILED:
+            return self._deallocate_failed(rec, stamp, report, "stopped by a pool change")
         rec = self.drain(vm, stamp, report)
         if rec.busy > 0:
             return rec  # drained; the pass after its last release deallocates it
@@ -412,14 +435,41 @@ class Scaler:
         return report
 
     def _maybe_recovered(self, rec: VmRecord, stamp: datetime, report: ScaleReport) -> None:
-        """A failed VM whose agent heartbeats after the failure (a slow boot) is taken back."""
-        if rec.last_heartbeat is None or rec.last_heartbeat <= rec.state_since:
+        """A failed VM is not excluded for good. One whose agent heartbeats after the failure
+        (a slow boot) is taken back at once; after `failed_retry_s` one the backend reports
+        deallocated is deallocated (the next start retries the boot), and one still up but
+        silent is deallocated first."""
+        power = self.backend.power_state(rec.name)
+        heard = rec.last_heartbeat is not None and rec.last_heartbeat > rec.state_since
+        if heard and power == RUNNING:
+            new = self.registry.transition(rec.name, VmState.RUNNING, [VmState.FAILED],
+                                           now=stamp, busy=0,
+                                           reason=f"recovered (was failed: {rec.reason})")
+        elif _elapsed(rec.state_since, stamp) < self.failed_retry_s:
             return
-        if self.backend.power_state(rec.name) != RUNNING:
-            return
-        new = self.registry.transition(rec.name, VmState.RUNNING, [VmState.FAILED], now=stamp,
-                                       reason=f"recovered (was failed: {rec.reason})"[:1000])
+        elif power in (DEALLOCATED, STOPPED):
+            new = self.registry.transition(rec.name, VmState.DEALLOCATED, [VmState.FAILED],
+                                           now=stamp, busy=0, operation="",
+                                           reason=f"retry after failure: {rec.reason}")
+        else:
+            new = self._deallocate_failed(rec, stamp, report, "retry after failure")
         report.reconciled[rec.name] = new.state.value
+
+    def _deallocate_failed(self, rec: VmRecord, stamp: datetime, report: ScaleReport,
+                           why: str) -> VmRecord:
+        """Failed to deallocating: its slots are void (its claims go stale and are retried
+        elsewhere), and the machine is asked to stop."""
+        new = self.registry.transition(rec.name, VmState.DEALLOCATING, [VmState.FAILED],
+                                       now=stamp, busy=0, operation="",
+                                       reason=f"{why}: {rec.reason}")
+        try:
+            op = self.backend.deallocate(rec.name)
+        except OperationInProgress as exc:
+            report.errors[rec.name] = str(exc)
+            return new
+        report.deallocating.append(rec.name)
+        return self.registry.transition(rec.name, VmState.DEALLOCATING, [VmState.DEALLOCATING],
+                                        now=stamp, operation=op.to_json())
 
     def _reconcile_one(self, rec: VmRecord, stamp: datetime, report: ScaleReport) -> None:
         vm = rec.name
@@ -448,14 +498,15 @@ class Scaler:
               and rec.state in (VmState.RUNNING, VmState.DRAINING)):
             new = self.evicted(vm, f"{power} by Azure (spot eviction)", stamp)
         elif rec.state in (VmState.RUNNING, VmState.DRAINING) and gone:
-            if rec.busy == 0:
-                new = self.registry.transition(
-                    vm, VmState.DEALLOCATED, [rec.state], now=stamp, operation="",
-                    reason=f"{power} outside the pool")
-            else:
-                new = self._fail(vm, f"{power} while holding {rec.busy} slot(s); its work will "
-                                     "be retried elsewhere", stamp, report,
-                                 allowed=[rec.state], busy=0)
+            # The backend's word is the truth: a deallocated VM is deallocated, and can be
+            # started again. Work it held goes back to the queue now, not when claims go stale.
+            reason = f"{power} outside the pool"
+            if rec.busy:
+                handed_back = self.claims.abandon_held_by(vm, before=stamp)
+                reason = (f"{power} while holding {rec.busy} slot(s); {len(handed_back)} "
+                          "claim(s) handed back to the queue")
+            new = self.registry.transition(vm, VmState.DEALLOCATED, [rec.state], now=stamp,
+                                           operation="", reason=reason, busy=0)
         elif rec.state == VmState.DEALLOCATED and power in (RUNNING, STARTING):
             target = VmState.RUNNING if power == RUNNING else VmState.STARTING
             new = self.registry.transition(vm, target, [VmState.DEALLOCATED], now=stamp,

@@ -75,9 +75,9 @@ def test_pool_and_jobs_update_live_without_reload(start_app, browser, tmp_path) 
     # A run in progress: its progress bar moves while files are still being processed.
     for i in range(6):
         app.upload(f"batch/f{i}.json", b'{"slow": 1, "n": %d}' % i)
-    response = app.post("/api/runs", json={"prefix": "batch/", "runId": "run-nightly"})
+    response = app.post("/api/runs", json={"prefix": "batch/", "runId": "nightly-run"})
     assert response.status_code == 202, response.text
-    run = page.locator("#runs li[data-run='run-nightly']")
+    run = page.locator("#runs li[data-run='nightly-run']")
     expect(run).to_contain_text("of 6", timeout=60_000)
     expect(page.locator("#jobs-table tbody tr[data-status='running']")).not_to_have_count(
         0, timeout=UI_TIMEOUT_MS)

@@ -71,11 +71,11 @@ def test_run_summary_adds_up(start_app) -> None:
     app = start_app()
     bodies = {f"run/r{i}.json": (b"x" * (10 + i)) for i in range(6)}
     for name, body in bodies.items():  # owned by a run: the blob trigger leaves them alone
-        app.upload(name, body, metadata={"run_id": "run-summary"})
-    response = app.post("/api/runs", json={"prefix": "run/", "runId": "run-summary"})
+        app.upload(name, body, metadata={"run_id": "summary-run"})
+    response = app.post("/api/runs", json={"prefix": "run/", "runId": "summary-run"})
     assert response.status_code == 202, response.text
     def summarised() -> dict | None:
-        run = app.get("/api/runs/run-summary").json()
+        run = app.get("/api/runs/summary-run").json()
         done = (run.get("orchestration") or {}).get("runtimeStatus") == "Completed"
         return run if done and run.get("summary") else None
 
@@ -85,8 +85,8 @@ def test_run_summary_adds_up(start_app) -> None:
     assert summary["bytesIn"] == sum(len(b) for b in bodies.values())
     assert summary["bytesOut"] == summary["bytesIn"] + 6 * len(b"process:")
     assert run["orchestration"]["runtimeStatus"] == "Completed"
-    assert len(app.jobs(runId="run-summary")) == 6
-    again = app.post("/api/runs", json={"prefix": "run/", "runId": "run-summary"})
+    assert len(app.jobs(runId="summary-run")) == 6
+    again = app.post("/api/runs", json={"prefix": "run/", "runId": "summary-run"})
     assert again.status_code == 409 and again.json()["error"]["code"] == "Conflict"
 
 
@@ -173,3 +173,53 @@ def test_event_grid_source_starts_the_job_as_in_azure(start_app) -> None:
     assert response.status_code == 202, response.text
     jobs = app.wait_for("the job", lambda: [j for j in app.jobs() if j["status"] == "succeeded"])
     assert jobs[0]["blob"] == f"{container}/eg.json"
+
+
+def test_a_vm_whose_agent_died_holding_a_slot_returns_to_service(start_app) -> None:
+    """One VM: its agent is SIGKILLed mid-file. The pool takes the backend's word (the VM is
+    deallocated), hands its claim back, starts it again, and it finishes the file and takes
+    new work; it is never `failed`. Then `pool.start` brings a failed VM back."""
+    app = start_app(POOL_VMS="vm01", POOL_MAX_RUNNING="1", E2E_SLOW_SECONDS="6")
+    app.upload("slow.json", b'{"slow": true}')
+    claim = app.wait_for("a claim", app.services.claims.active, timeout=60)[0]
+    assert claim.vm == "vm01"
+    pid_file = Path(app.env["LOCAL_STATE_DIR"]) / "vm01.json"
+
+    def agent_pid() -> int | None:  # the file goes when the VM is deallocated
+        try:
+            return json.loads(pid_file.read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    old_pid = agent_pid()
+    assert old_pid is not None
+    _kill_machine(old_pid)
+    seen: list[str] = []
+
+    def back_in_service() -> bool:
+        state = app.services.registry.get("vm01").state
+        seen.append(state.value)
+        return state == VmState.RUNNING and agent_pid() not in (None, old_pid)
+
+    app.wait_for("vm01 to run a new agent", back_in_service, timeout=120, every=0.2)
+    assert "failed" not in seen, seen
+    app.wait_for("the slow file", lambda: [
+        j for j in app.jobs() if j["status"] == "succeeded"], timeout=120)
+    app.upload("after.json", b'{"n": 2}')
+    jobs = app.wait_for("the next file", lambda: (
+        js if len(js := [j for j in app.jobs() if j["status"] == "succeeded"]) == 2 else None),
+        timeout=120)
+    assert {j["vm"] for j in jobs} == {"vm01"}  # the same VM took work again
+    reason = app.services.registry.get("vm01").reason
+    app.wait_for("vm01 idle", lambda: app.services.registry.get("vm01").busy == 0, timeout=60)
+    # An operator's pool.start moves a failed VM (here: marked failed by hand) back into use.
+    rec = app.services.registry.get("vm01")
+    app.services.registry.transition("vm01", VmState.FAILED, [rec.state], reason="by hand")
+    change = app.post("/api/changes", json={"changeType": "pool.start", "vms": ["vm01"]})
+    assert change.status_code == 202, change.text
+    change_id = change.json()["changeId"]
+    status = app.wait_for("pool.start to finish", lambda: (
+        body if (body := app.get(f"/api/changes/{change_id}").json())["runtimeStatus"]
+        == "Completed" else None), timeout=90)
+    assert status["status"] == "succeeded", (status, reason)
+    assert app.services.registry.get("vm01").state in (VmState.STARTING, VmState.RUNNING)

@@ -27,10 +27,10 @@ def vm(name: str, state: str = "deallocated", *, slots: int = 1, busy: int = 0,
 
 
 def snap(*vms: VmView, queued: int = 0, in_flight: int | None = None,
-         rate: float | None = None) -> Snapshot:
+         rate: float | None = None, pending: int = 0) -> Snapshot:
     flight = sum(v.busy for v in vms) if in_flight is None else in_flight
     return Snapshot(vms=tuple(vms), queued=queued, in_flight=flight, now=NOW,
-                    arrivals_per_s=rate)
+                    arrivals_per_s=rate, pending=pending)
 
 
 def test_running_vm_with_free_slot_takes_the_work_no_start() -> None:
@@ -90,12 +90,31 @@ def test_idle_vm_is_kept_during_cooldown_then_deallocated() -> None:
 
 
 def test_cooldown_is_capped_at_the_restart_cost_and_never_exceeds_the_setting() -> None:
-    fast = vm("vm01", "running", idle_for=50, boot=40)
-    assert effective_cooldown(fast, CFG) == 40
+    fast = vm("vm01", "running", idle_for=70, boot=40)
+    assert effective_cooldown(fast, CFG) == 60  # min_warm_s: a fast boot is no reason to flap
     assert decide(snap(fast), CFG).deallocate == ("vm01",)
+    mid = vm("vm01", "running", idle_for=95, boot=90)
+    assert effective_cooldown(mid, CFG) == 90
+    assert decide(snap(mid), CFG).deallocate == ("vm01",)
     slow = vm("vm01", "running", idle_for=130, boot=900)
     assert effective_cooldown(slow, CFG) == 120
     assert decide(snap(slow), CFG).deallocate == ("vm01",)
+
+
+def test_fast_boots_do_not_collapse_the_warm_time() -> None:
+    seconds = vm("vm01", "running", idle_for=5, boot=2)  # a local agent "boots" in seconds
+    assert decide(snap(seconds, rate=0.05), CFG).deallocate == ()
+    assert decide(snap(vm("vm01", "running", idle_for=61, boot=2)), CFG).deallocate == (
+        "vm01",)
+    short = PolicyConfig(max_running=10, idle_cooldown_s=3, boot_timeout_s=600)
+    assert effective_cooldown(seconds, short) == 3  # never past the configured cooldown
+
+
+def test_no_idle_vm_stops_while_work_waits_or_is_on_its_way() -> None:
+    idle = vm("vm01", "running", idle_for=500)
+    assert decide(snap(idle), CFG).deallocate == ("vm01",)
+    assert decide(snap(idle, pending=3), CFG).deallocate == ()
+    assert decide(snap(idle, vm("vm02", "starting"), queued=1), CFG).deallocate == ()
 
 
 def test_only_a_small_warm_reserve_survives_a_batch_tail() -> None:

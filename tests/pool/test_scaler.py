@@ -180,16 +180,44 @@ def test_a_start_that_left_the_vm_stopped_fails_after_a_grace(pool: Scaler) -> N
     assert "deallocated although it was started" in pool.registry.get("vm01").reason
 
 
-def test_a_vm_that_died_with_work_is_marked_failed(pool: Scaler, fake_arm: FakeArm) -> None:
+def test_a_vm_that_died_with_work_is_deallocated_and_can_start_again(
+        pool: Scaler, fake_arm: FakeArm) -> None:
     _set(pool.registry, "vm01", VmState.RUNNING)
     _set(pool.registry, "vm02", VmState.RUNNING)
     assert pool.registry.claim_slot("vm01")
-    # both stopped outside the pool (fake power is deallocated)
+    # both stopped outside the pool (fake power is deallocated): the backend is the truth
     report = pool.reconcile()
-    assert report.reconciled == {"vm01": "failed", "vm02": "deallocated"}
+    assert report.reconciled == {"vm01": "deallocated", "vm02": "deallocated"}
     rec = pool.registry.get("vm01")
-    assert (rec.busy, rec.state) == (0, VmState.FAILED) and "holding 1 slot" in rec.reason
+    assert (rec.busy, rec.state) == (0, VmState.DEALLOCATED) and "holding 1 slot" in rec.reason
     assert pool.registry.get("vm02").reason == "deallocated outside the pool"
+    assert pool.start("vm01").state == VmState.STARTING  # back in service on the next start
+
+
+def test_a_failed_vm_is_retried_after_the_back_off(pool: Scaler, fake_arm: FakeArm) -> None:
+    t0 = datetime.now(timezone.utc) - timedelta(seconds=3600)
+    pool.registry.transition("vm01", VmState.FAILED, [VmState.DEALLOCATED], now=t0,
+                             reason="start failed: boom")
+    early = pool.reconcile(now=t0 + timedelta(seconds=pool.failed_retry_s - 1))
+    assert early.reconciled == {} and pool.registry.get("vm01").state == VmState.FAILED
+    report = pool.reconcile(now=t0 + timedelta(seconds=pool.failed_retry_s + 1))
+    assert report.reconciled == {"vm01": "deallocated"}
+    assert "retry after failure: start failed: boom" in pool.registry.get("vm01").reason
+    # one still running but silent is deallocated first
+    fake_arm.vms["vm02"]["power"] = "running"
+    pool.registry.transition("vm02", VmState.FAILED, [VmState.DEALLOCATED], now=t0,
+                             reason="no sign of life")
+    report = pool.reconcile(now=t0 + timedelta(seconds=pool.failed_retry_s + 1))
+    assert report.reconciled["vm02"] == "deallocating" and "vm02" in report.deallocating
+
+
+def test_pool_changes_move_a_failed_vm(pool: Scaler, fake_arm: FakeArm) -> None:
+    pool.registry.transition("vm01", VmState.FAILED, [VmState.DEALLOCATED], reason="died")
+    assert pool.start("vm01").state == VmState.STARTING  # pool.start
+    pool.registry.transition("vm02", VmState.FAILED, [VmState.DEALLOCATED], reason="died")
+    fake_arm.vms["vm02"]["power"] = "running"
+    stopped = pool.stop("vm02")  # pool.stop and pool.remove deallocate it
+    assert stopped.state == VmState.DEALLOCATING and stopped.busy == 0
 
 
 def test_a_vm_started_outside_the_pool_is_adopted(pool: Scaler, fake_arm: FakeArm) -> None:
