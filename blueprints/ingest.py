@@ -6,7 +6,7 @@ import azure.functions as func
 
 from shared import contracts
 from shared.clock import utcnow
-from shared.durable_client import start_once
+from shared.durable_client import start_once, start_or_restart
 from shared.ingest import file_start_for_blob, run_input_for_tick, split_blob_path
 from shared.services import get_services
 from shared.settings import Settings
@@ -42,6 +42,7 @@ async def data_blob_trigger(blob: func.InputStream,
     if start is None:
         return
     instance_id, payload = start
-    started = await start_once(client, contracts.PROCESS_FILE, instance_id, payload)
-    log.info("data_blob_trigger: %s/%s → %s %s", container, name[:200], instance_id,
-             "started" if started else "already exists")
+    # A file whose last orchestration failed or was terminated is still in data/: start it
+    # again, or it would sit there for good.
+    outcome = await start_or_restart(client, contracts.PROCESS_FILE, instance_id, payload)
+    log.info("data_blob_trigger: %s/%s → %s %s", container, name[:200], instance_id, outcome)

@@ -50,6 +50,24 @@ async def start_once(client: df.DurableOrchestrationClient, name: str, instance_
     return True
 
 
+# A file whose orchestration ended this way was not processed: a new trigger starts it again.
+RESTARTABLE = (df.OrchestrationRuntimeStatus.Failed, df.OrchestrationRuntimeStatus.Terminated,
+               df.OrchestrationRuntimeStatus.Canceled)
+
+
+async def start_or_restart(client: df.DurableOrchestrationClient, name: str, instance_id: str,
+                           payload: Any) -> str:
+    """Start `name` as `instance_id` unless it is pending, running or completed; an instance
+    that failed, was terminated or canceled is started again under the same id. Returns
+    "started", "restarted" or the status that made it leave the instance alone."""
+    status = await client.get_status(instance_id)
+    current = None if status is None else status.runtime_status
+    if current is not None and current not in RESTARTABLE:
+        return current.value
+    await client.start_new(name, instance_id, payload)
+    return "started" if current is None else "restarted"
+
+
 async def raise_event(client: df.DurableOrchestrationClient, instance_id: str,
                       event_name: str, payload: Any) -> None:
     """Raise an event; a refusal becomes 404 (no such instance) or 410 (it has finished)."""

@@ -66,11 +66,14 @@ def process_file(context: df.DurableOrchestrationContext) -> Generator[Any, Any,
     """One file through every action: work item, capacity, done-or-timeout, bounded retries."""
     check_version(context)
     job: FileJob = context.get_input()
-    yield context.call_activity_with_retry(START_JOB, ACTIVITY_RETRY, job)
     blob = f"{job['container']}/{job['blob']}"
     outcome: JobOutcome = {"jobId": job["jobId"], "status": SUCCEEDED, "error": "",
                            "bytesIn": 0, "bytesOut": 0, "output": "", "vm": ""}
+    started = False
     try:
+        # Inside the error handling too: storage may be down when the job begins.
+        yield context.call_activity_with_retry(START_JOB, ACTIVITY_RETRY, job)
+        started = True
         for step, action in enumerate(job["actions"]):
             result = yield from _run_step(context, job, step, action, blob)
             if result.get("status") != SUCCEEDED:
@@ -84,10 +87,36 @@ def process_file(context: df.DurableOrchestrationContext) -> Generator[Any, Any,
             blob = outcome["output"] or blob  # the next step consumes this step's output
     except Exception as exc:  # noqa: BLE001 - an activity gave up: record, don't strand the job
         outcome.update(status=FAILED, error=f"pipeline error: {public_reason(exc)}")
-    context.set_custom_status({"state": "recording", "status": outcome["status"]})
-    recorded = yield context.call_activity_with_retry(FINISH_JOB, ACTIVITY_RETRY, outcome)
+    recorded = yield from _record(context, job, outcome, started)
     yield from _request_capacity(context, "job finished")
     return {**outcome, "durationMs": recorded.get("durationMs", 0)}
+
+
+FINISH_ROUNDS = 6  # rounds of FINISH_JOB (each with its own retries) before giving up
+FINISH_BACKOFF_S = 30  # between rounds, doubling: about 30 minutes in all
+
+
+def _record(context: df.DurableOrchestrationContext, job: FileJob, outcome: JobOutcome,
+            started: bool) -> Generator[Any, Any, dict]:
+    """Record the outcome and move the original, outlasting a storage outage: rounds of
+    retries with durable timers between them (the job row is created first if the start never
+    got through). If every round fails, the orchestration still completes, its custom status
+    says so, and the job sweeper repairs the row and the original from the output."""
+    for round_ in range(FINISH_ROUNDS):
+        context.set_custom_status({"state": "recording", "status": outcome["status"]})
+        try:
+            if not started:
+                yield context.call_activity_with_retry(START_JOB, ACTIVITY_RETRY, job)
+                started = True
+            return (yield context.call_activity_with_retry(FINISH_JOB, ACTIVITY_RETRY,
+                                                           outcome))
+        except Exception:  # noqa: BLE001 - storage may come back: wait and try again
+            wait = FINISH_BACKOFF_S * (2 ** round_)
+            context.set_custom_status({"state": "recording", "status": outcome["status"],
+                                       "retryInS": wait})
+            yield context.create_timer(context.current_utc_datetime + timedelta(seconds=wait))
+    context.set_custom_status({"state": "unrecorded", "status": outcome["status"]})
+    return {}
 
 
 def _request_capacity(context: df.DurableOrchestrationContext,

@@ -1,4 +1,6 @@
 """Storage access: connection resolution like the host, and idempotent resource creation."""
+import socket
+
 import pytest
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
@@ -81,10 +83,29 @@ def test_queue_messages_are_base64_like_the_host(settings: Settings,
 def test_health_reports_storage(storage_env: dict[str, str], settings: Settings,
                                 connection: StorageConnection) -> None:
     status, body = check_health(storage_env)
-    assert status == 200 and body["checks"] == {"settings": "ok", "storage": "ok"}
+    assert status == 200 and body["checks"] == {"settings": "ok", "storage.blob": "ok",
+                                                "storage.queue": "ok", "storage.table": "ok"}
     status, body = check_health({**storage_env, "VM_SLOTS": "x"})
     assert status == 503 and "VM_SLOTS" in body["checks"]["settings"]
     dead = {**storage_env, "AzureWebJobsStorage": storage_env["AzureWebJobsStorage"].replace(
         f":{connection.blob_service().url.split(':')[2].split('/')[0]}/", ":1/")}
     status, body = check_health(dead)
-    assert status == 503 and body["checks"]["storage"].startswith("unreachable")
+    assert status == 503 and body["checks"]["storage.blob"].startswith("unreachable")
+    assert body["checks"]["storage.queue"] == "ok"  # it says what is down, and only that
+
+
+def test_health_answers_when_storage_hangs(storage_env: dict[str, str],
+                                           connection: StorageConnection) -> None:
+    """A storage endpoint that accepts connections and never answers (as during an outage)
+    is reported down by the deadline instead of holding the health check."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        port = hung.getsockname()[1]
+        blob_port = connection.blob_service().url.split(":")[2].split("/")[0]
+        env = {**storage_env, "AzureWebJobsStorage": storage_env["AzureWebJobsStorage"]
+               .replace(f":{blob_port}/", f":{port}/")}
+        status, body = check_health(env, deadline_s=1.0)
+    assert status == 503
+    assert body["checks"]["storage.blob"] == "unreachable: no answer within 1s"
+    assert body["checks"]["storage.table"] == "ok"

@@ -19,7 +19,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from devhost.process import DevHostProcess
+from devhost.process import DevHostProcess, HostProcessError
 from shared.pool.backends import make_backend
 from shared.pool.members import parse_pool_vms
 from shared.settings import SettingError, Settings
@@ -105,6 +105,39 @@ def stop_agents(env: dict[str, str]) -> None:
         time.sleep(0.5)
 
 
+MAX_RESTARTS = 3  # within RESTART_WINDOW_S; a host that keeps dying is stopped for good
+RESTART_WINDOW_S = 300.0
+
+
+class HostDied(RuntimeError):
+    """The function host exited and was not (or could no longer be) restarted."""
+
+
+class HostWatch:
+    """Notices a dead host: reports it, stops its agents (they would call a host that is
+    gone), and starts it again, unless it died too often lately."""
+
+    def __init__(self, host: DevHostProcess, env: dict[str, str], console: Console) -> None:
+        self.host, self.env, self.console = host, env, console
+        self.deaths: list[float] = []
+
+    def check(self) -> None:
+        process = self.host.process
+        if process is None or process.poll() is None:
+            return
+        code = process.returncode
+        now = time.monotonic()
+        self.deaths = [t for t in self.deaths if now - t < RESTART_WINDOW_S] + [now]
+        self.console.print(f"[bold red]The function host exited with code {code}[/]; "
+                           "stopping its agents.\n" + self.host.output()[-2000:])
+        stop_agents(self.env)
+        if len(self.deaths) > MAX_RESTARTS:
+            raise HostDied(f"the host died {len(self.deaths)} times in "
+                           f"{RESTART_WINDOW_S:.0f}s; stopping")
+        self.console.print("Restarting the function host…")
+        self.host.start(timeout=120)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=7071)
@@ -128,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         console.print("Azurite on 127.0.0.1:10000-10002 (data in .azurite/)")
     host = DevHostProcess(PROJECT_ROOT, env=env, port=args.port)
+    status = 0
     try:
         host.start(timeout=120)
         console.print(host.output())
@@ -135,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"Dashboard: {host.base_url}/api/dashboard  (it asks for the key above)")
         console.print("Ctrl-C stops the host, the local VMs and Azurite.")
         base, key = host.base_url, env["DEVHOST_FUNCTION_KEY"]
+        watch = HostWatch(host, env, console)
         if args.no_live or not sys.stdout.isatty():
             while True:
+                watch.check()
                 pool = _get(base, key, "/api/pool") or {}
                 states = ", ".join(f"{v['name']}={v['state']}({v['busy']})"
                                    for v in pool.get("vms", []))
@@ -146,15 +182,19 @@ def main(argv: list[str] | None = None) -> int:
         with Live(render(base, key), console=console, refresh_per_second=1) as live:
             while True:
                 time.sleep(2)
+                watch.check()
                 live.update(render(base, key))
     except KeyboardInterrupt:
         console.print("\nStopping…")
+    except (HostDied, HostProcessError) as exc:
+        console.print(f"[bold red]{exc}[/]")
+        status = 1
     finally:
         host.stop()
         stop_agents(env)
         if azurite is not None:
             azurite.stop()
-    return 0
+    return status
 
 
 if __name__ == "__main__":

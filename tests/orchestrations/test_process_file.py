@@ -157,3 +157,22 @@ def test_an_unknown_version_is_refused_before_any_action() -> None:
 def test_an_instance_without_a_version_is_replayed_as_the_first_version() -> None:
     run = Replay(process_file, JOB, version=None)
     run.expect(activity_with_retry(contracts.START_JOB, JOB))
+
+
+def test_a_start_that_gives_up_is_recorded_once_storage_is_back() -> None:
+    """Storage down as the job begins: the outcome is failed, the row is created first, and
+    recording outlasts the outage with durable timers between rounds of retries."""
+    run = Replay(process_file, JOB, instance_id=JOB["instanceId"])
+    run.expect(activity_with_retry(contracts.START_JOB, JOB))
+    run.fail(RuntimeError("JobNotFound"))
+    run.expect(activity_with_retry(contracts.START_JOB, JOB))  # the row, before recording
+    run.fail(RuntimeError("storage unreachable"))
+    first = run.context.current_utc_datetime + timedelta(seconds=30)
+    run.expect(timer(first))
+    assert run.context.custom_status["retryInS"] == 30
+    run.fire()
+    run.expect(activity_with_retry(contracts.START_JOB, JOB))
+    run.complete({"jobId": "file-1", "status": "queued"})
+    finish(run, {"jobId": "file-1", "status": "failed",
+                 "error": "pipeline error: JobNotFound", "bytesIn": 0, "bytesOut": 0,
+                 "output": "", "vm": ""})
