@@ -211,15 +211,23 @@ def test_a_vm_whose_agent_died_holding_a_slot_returns_to_service(start_app) -> N
         timeout=120)
     assert {j["vm"] for j in jobs} == {"vm01"}  # the same VM took work again
     reason = app.services.registry.get("vm01").reason
-    app.wait_for("vm01 idle", lambda: app.services.registry.get("vm01").busy == 0, timeout=60)
+    app.wait_for("vm01 to be deallocated once idle", lambda: app.services.registry.get(
+        "vm01").state == VmState.DEALLOCATED and agent_pid() is None, timeout=90)
     # An operator's pool.start moves a failed VM (here: marked failed by hand) back into use.
-    rec = app.services.registry.get("vm01")
-    app.services.registry.transition("vm01", VmState.FAILED, [rec.state], reason="by hand")
+    app.services.registry.transition("vm01", VmState.FAILED, [VmState.DEALLOCATED],
+                                     reason="by hand")
     change = app.post("/api/changes", json={"changeType": "pool.start", "vms": ["vm01"]})
     assert change.status_code == 202, change.text
     change_id = change.json()["changeId"]
-    status = app.wait_for("pool.start to finish", lambda: (
-        body if (body := app.get(f"/api/changes/{change_id}").json())["runtimeStatus"]
-        == "Completed" else None), timeout=90)
+    last: list = []
+
+    def change_done() -> dict | None:
+        last[:] = [app.get(f"/api/changes/{change_id}").json(), app.services.registry.get("vm01")]
+        return last[0] if last[0]["runtimeStatus"] == "Completed" else None
+
+    try:
+        status = app.wait_for("pool.start to finish", change_done, timeout=90)
+    except AssertionError:
+        raise AssertionError(f"pool.start did not finish: {last}") from None
     assert status["status"] == "succeeded", (status, reason)
     assert app.services.registry.get("vm01").state in (VmState.STARTING, VmState.RUNNING)
