@@ -12,6 +12,7 @@ import sys
 from io import StringIO
 from pathlib import Path
 
+from bench.project import ProjectController
 from bench.run import dominated_by, figures, run_all
 from bench.sim import Result
 
@@ -32,6 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--identical-boots", action="store_true",
                         help="every VM has the same typical boot time (files get a -sameboot "
                              "suffix)")
+    parser.add_argument("--min-warm", type=float, default=None,
+                        help="the policy's least warm time in seconds (default: the policy's; "
+                             "0 is the policy without the floor; files get a -minwarmN suffix)")
     return parser.parse_args(argv)
 
 
@@ -98,11 +102,13 @@ def plot(results: dict[str, dict[str, Result]], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    ProjectController.min_warm_s = args.min_warm
     results = run_all(args.seed, args.quick, rate_hint=not args.no_rate_hint,
                       identical_boots=args.identical_boots)
     document = figures(results)
     stem = ("policy-quick" if args.quick else "policy") + ("-norate" if args.no_rate_hint else "")
     stem += "-sameboot" if args.identical_boots else ""
+    stem += f"-minwarm{args.min_warm:g}" if args.min_warm is not None else ""
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(document, indent=2) + "\n")
     if not args.no_plot:

@@ -28,6 +28,10 @@ class ProjectController:
     tick_s: float | None = SCALER_TICK_S
     pull = True
 
+    # The policy's least warm time; None keeps PolicyConfig's default (`--min-warm` sets it,
+    # 0 is the policy as it was before the floor).
+    min_warm_s: float | None = None
+
     def __init__(self, rate_hint: bool = True) -> None:
         self.rate_hint = rate_hint
         self.config: PolicyConfig | None = None
@@ -38,7 +42,9 @@ class ProjectController:
         self.config = PolicyConfig(max_running=params.total_vms,
                                    idle_cooldown_s=params.idle_cooldown_s,
                                    boot_timeout_s=params.boot_timeout_s,
-                                   spot_backoff_s=params.spot_backoff_s)
+                                   spot_backoff_s=params.spot_backoff_s,
+                                   **({} if self.min_warm_s is None
+                                      else {"min_warm_s": self.min_warm_s}))
         self.arrivals.clear()
 
     def snapshot(self, pool: Pool) -> Snapshot:

@@ -336,6 +336,7 @@ class Result:
             "p50_wait_boots": round(self.wait_quantile(0.50) / self.boot_ref_s, 4),
             "p95_wait_boots": round(self.wait_quantile(0.95) / self.boot_ref_s, 4),
             "makespan_s": round(self.makespan_s, 1),
+            "vm_starts_per_file": round(self.starts / max(1, self.processed), 4),
         }
 
 

@@ -26,17 +26,25 @@ from shared.durable_client import start_once
 from shared.idempotency import derived_id
 from shared.paging import decode_token, list_answer
 from shared.services import get_services
+from shared.sweeper import sweep_now_and_then
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)
 
 
 @bp.timer_trigger(arg_name="timer", schedule="%SCALER_SCHEDULE%", run_on_startup=True)
-def pool_scaler_timer(timer: func.TimerRequest) -> None:
-    """Backstop: idle VMs past cooldown, VMs that never came up, claims of silent VMs."""
-    applied = request_capacity(get_services(), "timer")
+@bp.durable_client_input(client_name="client")
+async def pool_scaler_timer(timer: func.TimerRequest,
+                            client: df.DurableOrchestrationClient) -> None:
+    """Backstop: idle VMs past cooldown, VMs that never came up, claims of silent VMs, and
+    (now and then) jobs whose orchestration ended without recording them."""
+    services = get_services()
+    applied = request_capacity(services, "timer")
     if any(applied.get(k) for k in ("start", "deallocate", "mark_failed", "abandoned")):
         log.info("pool_scaler_timer: %s", applied)
+    swept = await sweep_now_and_then(services, client)
+    if swept:
+        log.info("pool_scaler_timer swept jobs: %s", swept)
 
 
 @bp.route(route="pool", methods=["GET"])

@@ -171,7 +171,8 @@ def test_quantile_interpolates() -> None:
 def test_json_table_and_plot_outputs(results, tmp_path) -> None:
     document = figures({"tiny_burst": results})
     row = document["traces"]["tiny_burst"]["project"]
-    assert set(row) == {"cost_ratio", "p50_wait_boots", "p95_wait_boots", "makespan_s"}
+    assert set(row) == {"cost_ratio", "p50_wait_boots", "p95_wait_boots", "makespan_s",
+                        "vm_starts_per_file"}
     json.dumps(document)
     table = render_table({"tiny_burst": results})
     assert "project" in table and "keda" in table and "cost ratio" in table

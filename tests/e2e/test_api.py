@@ -218,3 +218,27 @@ def test_racing_and_retried_done_calls_raise_the_event_once(idle_app) -> None:
               if e["EventType"] == "EventRaised" and e.get("Name") == f"done-{item.step}-"
               f"{item.attempt}"]
     assert len(raised) == 1, raised
+
+
+def test_a_terminated_job_is_swept_and_run_again(start_app) -> None:
+    """A job whose orchestration was terminated (its row still running, its file still in
+    data/) is found by the sweeper on the scaler timer and started again under its id."""
+    app = start_app(POOL_MAX_RUNNING="0")
+    answer = app.post("/api/jobs", json={"blob": "stuck.json", "content": "{}"})
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["jobId"]
+    app.wait_for("the job row", lambda: app.get(f"/api/jobs/{job_id}").json().get("status")
+                 in ("queued", "running"))
+    mgmt = f"{app.base}/runtime/webhooks/durabletask/instances/{job_id}"
+    key = {"code": app.env["DEVHOST_MASTER_KEY"]}
+    terminated = requests.post(f"{mgmt}/terminate", params={**key, "reason": "test"}, timeout=30)
+    assert terminated.status_code == 202, terminated.text
+    app.wait_for("the termination", lambda: requests.get(mgmt, params=key, timeout=30).json()
+                 ["runtimeStatus"] == "Terminated")
+    swept = app.wait_for("the sweeper", lambda: [
+        e for e in app.services.log.day(kind="job.swept") if e["jobId"] == job_id],
+        timeout=120)
+    assert "Terminated: restarted it" in swept[0]["message"]
+    status = requests.get(mgmt, params=key, timeout=30).json()
+    assert status["runtimeStatus"] in ("Pending", "Running")
+    assert app.blob_names(app.services.settings.data_container) == ["stuck.json"]
