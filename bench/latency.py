@@ -30,6 +30,7 @@ from shared.pool.members import parse_pool_vms
 from shared.services import Services
 from shared.storage import StorageConnection, ensure_resources
 from tools.azurite import Azurite
+from tools.polling import poll
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -87,13 +88,10 @@ def _env(azurite: Azurite, state: Path, slots: int) -> dict[str, str]:
 
 
 def _wait(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
+    value = poll(check, timeout)
+    if not value:
+        raise TimeoutError(f"timed out waiting for {what}")
+    return value
 
 
 def measure(files: int, singles: int, slots: int) -> dict[str, Any]:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from shared.pool.registry import PoolRegistry, VmState
 from shared.settings import Settings
 from shared.storage import StorageConnection, ensure_resources
 from shared.workitem import WorkItem
+from tools.polling import poll
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_ACTION = Path(__file__).resolve().parent / "fake_action.py"
@@ -201,13 +201,10 @@ def wait() -> Callable[..., Any]:
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
     """Poll until `predicate()` is truthy; fail the test if it never becomes so."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"gave up waiting for {what or predicate}")
+    value = poll(predicate, timeout)
+    if not value:
+        pytest.fail(f"gave up waiting for {what or predicate}")
+    return value
 
 
 @pytest.fixture()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from shared.pool.members import parse_pool_vms
 from shared.services import Services
 from shared.storage import ensure_resources
 from tools.azurite import Azurite
+from tools.polling import poll
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 HERE = Path(__file__).resolve().parent
@@ -49,14 +49,11 @@ class App:
 
     def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 120,
                  every: float = 0.5) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(every)
-        raise AssertionError(f"timed out waiting for {what}\n--- host output ---\n"
-                             f"{self.host.output()[-6000:]}")
+        value = poll(check, timeout, every)
+        if not value:
+            raise AssertionError(f"timed out waiting for {what}\n--- host output ---\n"
+                                 f"{self.host.output()[-6000:]}")
+        return value
 
     def jobs(self, **params: str) -> list[dict]:
         response = self.get("/api/jobs", params={"limit": "1000", **params})

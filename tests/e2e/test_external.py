@@ -34,6 +34,7 @@ from shared.storage import ensure_resources
 from shared.workitem import sign
 from tests.e2e.machines import kill_machine
 from tools.azurite import Azurite
+from tools.polling import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -193,12 +194,9 @@ def test_pods_outside_the_pool_finish_every_file_once(k8s) -> None:
     http.headers["x-functions-key"] = FUNCTION_KEY
 
     def wait_for(what: str, check, timeout: float = 240.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.5)
+        value = poll(check, timeout, 0.5)
+        if value:
+            return value
         logs = "\n".join(f"--- {p.name}\n{p.log.read_text()[-3000:]}" for p in k8s["pods"])
         raise AssertionError(f"timed out waiting for {what}\n{logs}\n--- host\n"
                              f"{host.output()[-4000:]}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from shared.pool.backends import (
 from shared.pool.backends.local import LocalBackend, parse_command
 from shared.pool.registry import PoolRegistry, VmState
 from shared.settings import Settings
+from tools.polling import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN = Path(__file__).with_name("standin_agent.py")
@@ -29,13 +29,10 @@ STANDIN = Path(__file__).with_name("standin_agent.py")
 
 def wait_for(check: Callable[[], object], what: str, limit_s: float = 30.0) -> object:
     """Poll `check` until it is truthy (bounded; the limit only guards against hangs)."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
+    value = poll(check, limit_s)
+    if not value:
+        raise AssertionError(f"gave up waiting for {what}")
+    return value
 
 
 @pytest.fixture()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from shared.services import Services
 from shared.settings import SettingError, Settings
 from shared.storage import StorageConnection, ensure_resources
 from shared.workitem import WorkItem
+from tools.polling import poll
 
 FakeArm = Any  # the fake ARM of conftest.py
 NOTHING = Actions(start=(), deallocate=(), mark_failed=())
@@ -340,9 +340,5 @@ def test_run_scaler_from_settings(storage_env: dict[str, str], connection: Stora
 
 
 def _wait(check: Any, what: str, limit_s: float = 30.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
+    if not poll(check, limit_s):
+        raise AssertionError(f"gave up waiting for {what}")
