@@ -46,6 +46,14 @@ param stagingDisabledFunctions array = ['collect_data_timer', 'data_blob_trigger
 @description('Number of pool VMs, named vm01..vmNN (POOL_VMS).')
 param poolVmCount int = 3
 
+@minValue(0)
+@maxValue(99)
+@description('Number of spot pool VMs besides them, named spot01..spotNN (POOL_SPOT_VMS): started first, evicted VMs fall back to the on-demand ones.')
+param poolSpotVmCount int = 0
+
+@description('billingProfile.maxPrice of the spot VMs, USD per hour; -1 pays up to the on-demand price (evicted only for capacity).')
+param poolSpotMaxPrice string = '-1'
+
 @description('Size of each pool VM.')
 param poolVmSize string = 'Standard_D2s_v5'
 
@@ -116,6 +124,7 @@ var names = {
   idempotencyTable: 'tblidem'
 }
 var vmNames = [for i in range(1, poolVmCount): 'vm${padLeft(i, 2, '0')}']
+var spotVmNames = [for i in range(1, poolSpotVmCount): 'spot${padLeft(i, 2, '0')}']
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: '${abbrs.resourcesResourceGroups}${environmentName}'
@@ -229,7 +238,9 @@ module pool 'app/vmpool.bicep' = {
     location: location
     tags: tags
     resourceToken: resourceToken
-    vmNames: vmNames
+    vmNames: concat(vmNames, spotVmNames)
+    spotVmNames: spotVmNames
+    spotMaxPrice: poolSpotMaxPrice
     vmSize: poolVmSize
     vmImage: poolVmImage
     publicIpEnabled: poolPublicIpEnabled
@@ -278,9 +289,10 @@ var appSettings = union({
   IDEMPOTENCY_RETENTION_SECONDS: '86400'
   POOL_BACKEND: 'azure'
   POOL_VMS: poolVmCount == 1 ? 'vm01' : 'vm01..${last(vmNames)}'
-  POOL_MAX_RUNNING: string(poolVmCount)
+  POOL_MAX_RUNNING: string(poolVmCount + poolSpotVmCount)
   POOL_MIN_RUNNING: '0'
-  POOL_SPOT_VMS: ''
+  POOL_SPOT_VMS: join(spotVmNames, ',')
+  POOL_SPOT_MAX_PRICE: poolSpotMaxPrice
   SPOT_BACKOFF_SECONDS: '900'
   VM_SLOTS: '1'
   BOOT_TIMEOUT_SECONDS: '600'

@@ -47,7 +47,9 @@ from shared.services import Services
 
 MAX_VMS_PER_CHANGE = 100
 THROTTLED_RETRY_S = 30.0  # when a throttled backend names no time to wait
-_SPEC_KEYS = {"size", "image", "subnetId", "publicIp", "adminUsername", "sshPublicKey", "slots"}
+_SPEC_KEYS = {"size", "image", "subnetId", "publicIp", "adminUsername", "sshPublicKey", "slots",
+              "priority", "maxPrice"}
+PRIORITIES = ("regular", "spot")
 PLANS = CHANGE_PLANS
 MAX_SPEC_TEXT = 4096  # an SSH public key is the longest of these
 MAX_SLOTS = 64
@@ -97,6 +99,14 @@ def parse_change(services: Services, data: dict[str, Any],
             slots = field(spec, key, int, required=False)
             if slots is not None and not 1 <= slots <= MAX_SLOTS:
                 raise bad_request(f"field 'spec.slots' must be from 1 to {MAX_SLOTS}")
+        elif key == "priority":
+            if spec[key] not in PRIORITIES:
+                raise bad_request("field 'spec.priority' must be regular or spot")
+        elif key == "maxPrice":
+            price = field(spec, key, (int, float), required=False)
+            if price is not None and not (price == -1 or 0 < price <= 10000):
+                raise bad_request("field 'spec.maxPrice' must be -1 (up to the on-demand "
+                                  "price) or a price per hour from 0 to 10000")
         elif len(field(spec, key, str, required=False) or "") > MAX_SPEC_TEXT:
             raise bad_request(f"field 'spec.{key}' must be at most {MAX_SPEC_TEXT} characters")
     members = {r.name: r for r in services.registry.list()}
@@ -153,7 +163,7 @@ def run_step(scaler: Scaler, step: ChangeStep, spec: dict[str, Any], operation: 
         return step_done("" if status.succeeded else (status.error or status.status))
     if kind == "register":
         slots = int(spec.get("slots") or default_slots)
-        registry.ensure_members([vm], slots)
+        registry.ensure_members([vm], slots, spot=[vm] if spec.get("priority") == "spot" else ())
         return step_done()
     if kind == "start":
         if operation is None:

@@ -175,6 +175,9 @@ class Settings:
     # first; an evicted one waits SPOT_BACKOFF_SECONDS before it is started again.
     pool_spot_vms: str = _setting("POOL_SPOT_VMS", str, "")
     spot_backoff_seconds: int = _setting("SPOT_BACKOFF_SECONDS", parse_int_range(0, 86400), "900")
+    # billingProfile.maxPrice of spot VMs from pool.add (USD per hour; -1: up to on-demand)
+    pool_spot_max_price: float = _setting("POOL_SPOT_MAX_PRICE", parse_float_range(-1, 10000),
+                                          "-1")
     pool_max_running: int = _setting("POOL_MAX_RUNNING", parse_int_range(0, 1000), "10")
     pool_min_running: int = _setting("POOL_MIN_RUNNING", parse_int_range(0, 1000), "0")
     vm_slots: int = _setting("VM_SLOTS", parse_int_range(1, 256), "1")

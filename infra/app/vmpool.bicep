@@ -8,6 +8,10 @@ param location string
 param tags object = {}
 param resourceToken string
 param vmNames array
+@description('Which of vmNames are Azure Spot VMs (priority Spot, evictionPolicy Deallocate).')
+param spotVmNames array = []
+@description('billingProfile.maxPrice of the spot VMs, USD per hour; -1: up to the on-demand price.')
+param spotMaxPrice string = '-1'
 param vmSize string
 @description('Files each VM works on at once (VM_SLOTS).')
 param vmSlots int = 1
@@ -43,6 +47,12 @@ param subnetPrefix string = '10.40.0.0/24'
 var vmProfile = loadJsonContent('../../shared/pool/vm/profile.json')
 var cloudInit = loadTextContent('../../shared/pool/vm/cloud-init.yaml')
 var storageSuffix = environment().suffixes.storage
+// What a spot member adds to a VM (shared/pool/vm/profile.json's spot block, as pool.add does).
+var spotProperties = {
+  priority: vmProfile.spot.priority
+  evictionPolicy: vmProfile.spot.evictionPolicy
+  billingProfile: { maxPrice: json(spotMaxPrice) }
+}
 
 resource nsg 'Microsoft.Network/networkSecurityGroups@2024-01-01' = {
   name: 'nsg-pool-${resourceToken}'
@@ -149,6 +159,7 @@ var agentEnv = [for name in vmNames: join([
   'AGENT_VM_TABLE=${vmTable}'
   'AZURE_CLIENT_ID=${vmIdentityClientId}'
   'VMPOOL_AGENT_PACKAGE_URL=${agentPackageUrl}'
+  contains(spotVmNames, name) ? 'AGENT_SCHEDULED_EVENTS_URL=${vmProfile.spot.scheduledEventsUrl}' : ''
   ''
 ], '\n')]
 
@@ -166,7 +177,7 @@ resource vms 'Microsoft.Compute/virtualMachines@2024-07-01' = [for (name, i) in 
     type: vmProfile.identityType
     userAssignedIdentities: { '${vmIdentityId}': {} }
   }
-  properties: {
+  properties: union({
     hardwareProfile: { vmSize: vmSize }
     osProfile: {
       computerName: name
@@ -194,7 +205,7 @@ resource vms 'Microsoft.Compute/virtualMachines@2024-07-01' = [for (name, i) in 
       networkInterfaces: [{ id: nics[i].id, properties: { primary: true, deleteOption: 'Delete' } }]
     }
     diagnosticsProfile: vmProfile.diagnosticsProfile
-  }
+  }, contains(spotVmNames, name) ? spotProperties : {})
 }]
 
 output vmNames array = vmNames

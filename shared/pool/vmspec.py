@@ -7,8 +7,10 @@ security profile, Linux settings, extensions off, boot diagnostics) and
 settings (the agent's env file) go into `userData`, which can be changed on an existing VM and
 is read again before every agent start; `customData` (cloud-init) is the same for every VM.
 
-A later kind of member (spot VMs) adds its keys (`priority`, `evictionPolicy`, ...) to the
-profile, or to a variant of it, and both creators pick them up.
+Spot members take the profile's `spot` block as well: `priority: Spot`, `evictionPolicy:
+Deallocate` (an evicted VM keeps its disk and comes back with a start), `billingProfile.maxPrice`
+(POOL_SPOT_MAX_PRICE; -1 pays up to the on-demand price, so only capacity evicts), and the
+agent watches Scheduled Events for the Preempt notice.
 """
 from __future__ import annotations
 
@@ -69,8 +71,9 @@ class AgentVmSettings:
         return [name for name, value in wanted.items() if not value]
 
 
-def agent_env(vm: str, agent: AgentVmSettings) -> str:
-    """The agent's env file for `vm` (userData): the same names vmpool.bicep writes."""
+def agent_env(vm: str, agent: AgentVmSettings, spot: bool = False) -> str:
+    """The agent's env file for `vm` (userData): the same names vmpool.bicep writes (and, on a
+    spot VM, where to watch for the eviction notice)."""
     lines = [
         f"AGENT_VM_NAME={vm}",
         f"AGENT_API_BASE_URL={agent.api_base_url}",
@@ -88,9 +91,10 @@ def agent_env(vm: str, agent: AgentVmSettings) -> str:
         f"AGENT_VM_TABLE={agent.vm_table}",
         f"AZURE_CLIENT_ID={agent.identity_client_id}",
         f"{PACKAGE_URL_NAME}={agent.package_url}",
-        "",
     ]
-    return "\n".join(lines)
+    if spot:
+        lines.append(f"AGENT_SCHEDULED_EVENTS_URL={profile()['spot']['scheduledEventsUrl']}")
+    return "\n".join([*lines, ""])
 
 
 def _b64(text: str) -> str:
@@ -99,12 +103,13 @@ def _b64(text: str) -> str:
 
 def vm_body(*, name: str, location: str, tags: Mapping[str, str], vm_size: str,
             image_ref: Mapping[str, Any], admin_username: str, ssh_public_key: str,
-            nic_id: str, agent: AgentVmSettings) -> dict[str, Any]:
+            nic_id: str, agent: AgentVmSettings, spot: bool = False,
+            max_price: float = -1.0) -> dict[str, Any]:
     """The ARM PUT body of a pool VM, from the shared profile and cloud-init."""
     p = profile()
     linux = {**p["linuxConfiguration"], "ssh": {"publicKeys": [
         {"path": f"/home/{admin_username}/.ssh/authorized_keys", "keyData": ssh_public_key}]}}
-    return {
+    body: dict[str, Any] = {
         "location": location,
         "tags": {**tags, "vmpool-member": name},
         "identity": {"type": p["identityType"],
@@ -117,12 +122,17 @@ def vm_body(*, name: str, location: str, tags: Mapping[str, str], vm_size: str,
                           "customData": _b64(cloud_init()), "linuxConfiguration": linux,
                           "allowExtensionOperations": p["allowExtensionOperations"]},
             "securityProfile": p["securityProfile"],
-            "userData": _b64(agent_env(name, agent)),
+            "userData": _b64(agent_env(name, agent, spot)),
             "networkProfile": {"networkInterfaces": [
                 {"id": nic_id, "properties": {"primary": True, "deleteOption": "Delete"}}]},
             "diagnosticsProfile": p["diagnosticsProfile"],
         },
     }
+    if spot:
+        body["properties"].update(priority=p["spot"]["priority"],
+                                  evictionPolicy=p["spot"]["evictionPolicy"],
+                                  billingProfile={"maxPrice": max_price})
+    return body
 
 
 def agent_settings_from(settings: Any, env: Mapping[str, str]) -> AgentVmSettings:

@@ -124,3 +124,29 @@ def test_an_evicted_vm_is_recorded_and_not_restarted_before_its_back_off(
     later = spot_pool.run_once(now + 120)
     assert "spot01" not in later.started and later.started == ["vm01", "vm02"]
     assert spot_pool.registry.get("spot01").state == VmState.EVICTED
+
+
+def test_pool_add_of_a_spot_vm_registers_it_as_spot(spot_pool: Scaler) -> None:
+    from shared.changes import run_step  # noqa: PLC0415
+
+    result = run_step(spot_pool, {"vm": "spot09", "step": "register", "status": "pending"},
+                      {"priority": "spot"}, None, 1)
+    assert result["done"] is True and not result["error"]
+    assert spot_pool.registry.get("spot09").priority == VmPriority.SPOT
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"priority": "cheap"}, "spec.priority"), ({"maxPrice": 0}, "spec.maxPrice"),
+    ({"maxPrice": "1"}, "maxPrice"), ({"maxPrice": -2}, "spec.maxPrice")])
+def test_a_bad_spot_spec_is_refused_with_a_clear_error(storage_env: dict[str, str],
+                                                       spec: dict, message: str) -> None:
+    from shared.api import ApiError  # noqa: PLC0415
+    from shared.changes import parse_change  # noqa: PLC0415
+    from shared.services import Services  # noqa: PLC0415
+    from shared.storage import ensure_resources  # noqa: PLC0415
+
+    services = Services.from_env(storage_env)
+    ensure_resources(services.settings, services.connection)
+    with pytest.raises(ApiError) as err:
+        parse_change(services, {"changeType": "pool.add", "vms": ["spot09"], "spec": spec})
+    assert err.value.status == 400 and message in str(err.value)

@@ -31,15 +31,15 @@ SPEC = {"name": "vm21", "location": "westeurope", "vm_size": "Standard_D2s_v5",
         "admin_username": "pool", "ssh_public_key": "ssh-ed25519 AAAA test"}
 
 
-def _provisioned_vm_body(fake_arm, azure_backend) -> dict:
-    op = azure_backend.provision(dict(SPEC))
+def _provisioned_vm_body(fake_arm, azure_backend, spec: dict = SPEC) -> dict:
+    op = azure_backend.provision(dict(spec))
     for _ in range(20):
         status = azure_backend.poll(op)
         op = status.operation
         if status.done:
             break
     assert status.done and status.succeeded, status
-    (put,) = fake_arm.seen("PUT", "/virtualMachines/vm21")
+    (put,) = fake_arm.seen("PUT", f"/virtualMachines/{spec['name']}")
     return put["body"]
 
 
@@ -134,4 +134,50 @@ def test_a_vm_without_agent_settings_is_not_created(fake_arm) -> None:
 
     with pytest.raises(ProvisionSpecError, match="its agent needs"):
         backend.provision(dict(SPEC))
+    assert fake_arm.requests == []
+
+
+SPOT_SPEC = {**SPEC, "name": "spot21", "priority": "spot", "maxPrice": 0.05}
+
+
+def test_pool_add_body_of_a_spot_vm_has_priority_eviction_policy_and_max_price(
+        fake_arm, azure_backend) -> None:
+    props = _provisioned_vm_body(fake_arm, azure_backend, SPOT_SPEC)["properties"]
+    spot = profile()["spot"]
+    assert (props["priority"], props["evictionPolicy"]) == ("Spot", "Deallocate")
+    assert (spot["priority"], spot["evictionPolicy"]) == ("Spot", "Deallocate")
+    assert props["billingProfile"] == {"maxPrice": 0.05}
+    # Everything else is the same description as an on-demand member's.
+    assert props["securityProfile"] == profile()["securityProfile"]
+    env_text = base64.b64decode(props["userData"]).decode()
+    assert f"AGENT_SCHEDULED_EVENTS_URL={spot['scheduledEventsUrl']}" in env_text.splitlines()
+
+
+def test_an_on_demand_body_has_no_spot_properties(vm_body: dict) -> None:
+    props = vm_body["properties"]
+    assert not {"priority", "evictionPolicy", "billingProfile"} & set(props)
+    assert "AGENT_SCHEDULED_EVENTS_URL" not in base64.b64decode(props["userData"]).decode()
+
+
+def test_bicep_takes_the_spot_properties_from_the_same_profile() -> None:
+    text = (ROOT / "infra" / "app" / "vmpool.bicep").read_text()
+    for wiring in ("priority: vmProfile.spot.priority",
+                   "evictionPolicy: vmProfile.spot.evictionPolicy",
+                   "billingProfile: { maxPrice: json(spotMaxPrice) }",
+                   "contains(spotVmNames, name) ? spotProperties : {}",
+                   "AGENT_SCHEDULED_EVENTS_URL=${vmProfile.spot.scheduledEventsUrl}"):
+        assert wiring in text, wiring
+    main = (ROOT / "infra" / "main.bicep").read_text()
+    assert "POOL_SPOT_VMS: join(spotVmNames, ',')" in main
+    assert "vmNames: concat(vmNames, spotVmNames)" in main
+
+
+@pytest.mark.parametrize("bad", [{"priority": "low"}, {"maxPrice": "cheap"}, {"maxPrice": 0},
+                                 {"maxPrice": float("nan")}])
+def test_a_bad_spot_spec_is_refused_before_anything_is_created(fake_arm, azure_backend,
+                                                               bad: dict) -> None:
+    from shared.pool.backends.azure import ProvisionSpecError  # noqa: PLC0415
+
+    with pytest.raises(ProvisionSpecError):
+        azure_backend.provision({**SPOT_SPEC, **bad})
     assert fake_arm.requests == []

@@ -37,7 +37,7 @@ def provisioning_defaults(settings: Settings) -> dict[str, Any]:
             "image": settings.pool_vm_image, "subnet_id": settings.pool_subnet_id,
             "admin_username": settings.pool_admin_username,
             "ssh_public_key": settings.pool_ssh_public_key,
-            "public_ip": settings.pool_public_ip}
+            "public_ip": settings.pool_public_ip, "max_price": settings.pool_spot_max_price}
 
 
 def local_state_dir(settings: Settings) -> Path:

@@ -59,7 +59,7 @@ PROVISION_FIELDS = ("location", "vm_size", "image", "subnet_id", "admin_username
 # The API's camelCase names for the same fields (a pool change's `spec`).
 _SPEC_ALIASES = {"size": "vm_size", "vmSize": "vm_size", "subnetId": "subnet_id",
                  "publicIp": "public_ip", "adminUsername": "admin_username",
-                 "sshPublicKey": "ssh_public_key"}
+                 "sshPublicKey": "ssh_public_key", "maxPrice": "max_price"}
 
 
 class ProvisionSpecError(BackendError, ValueError):
@@ -268,6 +268,15 @@ class AzureBackend(PoolBackend):
             raise ProvisionSpecError(f"cannot provision VM {merged['name']!r}: its agent needs "
                                      f"{', '.join(lacking)}")
         merged["public_ip"] = bool(merged.get("public_ip"))
+        merged["priority"] = str(merged.get("priority") or "regular")
+        if merged["priority"] not in ("regular", "spot"):
+            raise ProvisionSpecError("priority must be regular or spot")
+        try:
+            merged["max_price"] = float(merged.get("max_price", -1.0))
+        except (TypeError, ValueError):
+            raise ProvisionSpecError("maxPrice must be a number (-1: up to on-demand)") from None
+        if not (merged["max_price"] == -1 or 0 < merged["max_price"] <= 10000):
+            raise ProvisionSpecError("maxPrice must be -1 or a price from 0 to 10000 per hour")
         image = str(merged["image"])
         if not image.startswith("/") and image.count(":") != 3:
             raise ProvisionSpecError("image must be publisher:offer:sku:version or a resource id")
@@ -313,7 +322,8 @@ class AzureBackend(PoolBackend):
                        ssh_public_key=spec["ssh_public_key"],
                        nic_id=self._resource_id("Microsoft.Network", "networkInterfaces",
                                                 nic_name),
-                       agent=self.agent)
+                       agent=self.agent, spot=spec.get("priority") == "spot",
+                       max_price=float(spec.get("max_price", -1.0)))
         return self.compute.virtual_machines.begin_create_or_update(
             rg, name, body, polling=self._polling())
 
