@@ -6,6 +6,9 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from blueprints import dashboard, health, ingest, jobs, orchestration, pool
+from shared import telemetry
+
+telemetry.configure()  # Azure Monitor exporters when APPLICATIONINSIGHTS_CONNECTION_STRING is set
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 

@@ -43,6 +43,15 @@ param stagingDisabledFunctions array = ['collect_data_timer', 'data_blob_trigger
 
 @minValue(1)
 @maxValue(99)
+@description('Resource id of the action group that the pool\'s alert rules notify; empty to notify nobody.')
+param alertActionGroupId string = ''
+
+@description('Daily budget for billed pool VM time (alert when over it), in the currency of poolVmHourlyPrice; 0 turns it off.')
+param dailyBudget string = '50'
+
+@description('Price of one pool VM hour, for the daily budget alert.')
+param poolVmHourlyPrice string = '0.096'
+
 @description('Number of pool VMs, named vm01..vmNN (POOL_VMS).')
 param poolVmCount int = 3
 
@@ -196,6 +205,19 @@ module monitoring 'core/monitor/monitoring.bicep' = {
     applicationInsightsName: '${abbrs.insightsComponents}${resourceToken}'
     location: location
     tags: tags
+  }
+}
+
+module poolMonitoring 'core/monitor/pool-monitoring.bicep' = {
+  name: 'pool-monitoring'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    logAnalyticsId: monitoring.outputs.logAnalyticsId
+    actionGroupId: alertActionGroupId
+    dailyBudget: dailyBudget
+    vmHourlyPrice: poolVmHourlyPrice
   }
 }
 

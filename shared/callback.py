@@ -14,6 +14,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
+from shared import telemetry
 from shared.api import (
     ApiError,
     BodyField,
@@ -63,6 +64,7 @@ class DoneEvent:
     step: int
     attempt: int
     etag: str
+    action: str = ""
 
 
 def caller_address(headers: dict[str, str]) -> str | None:
@@ -147,7 +149,7 @@ def check_done(services: Services, vm: str, job_id: str, body: bytes,
     payload: StepResult = {"status": status, "vm": vm, "exitCode": exit_code,
                            "error": error[-MAX_ERROR_CHARS:], "output": output, **numbers}
     return DoneEvent(item.instance_id, done_event_name(step, attempt), payload, acknowledged,
-                     job_id, step, attempt, etag)
+                     job_id, step, attempt, etag, item.action)
 
 
 def acknowledge(services: Services, event: DoneEvent, vm: str) -> str | None:
@@ -171,9 +173,13 @@ def record_done(services: Services, event: DoneEvent, vm: str) -> None:
     """The event log line of an accepted callback (after the event was raised): best effort,
     since failing the callback now would only make the agent repeat what already happened."""
     try:
+        telemetry.step_finished(event.action, event.payload["status"],
+                                event.payload.get("durationMs"))
         services.log.write("work.done", f"VM {vm} reported {event.payload['status']} for step "
                            f"{event.step} attempt {event.attempt}", job_id=event.job_id, vm=vm,
-                           data={k: v for k, v in event.payload.items() if k != "error"})
+                           data={**{k: v for k, v in event.payload.items() if k != "error"},
+                                 "step": event.step, "attempt": event.attempt,
+                                 "action": event.action})
     except Exception:  # noqa: BLE001 - the job row and the orchestration hold the result
         log.warning("could not log the done callback of %s", event.job_id, exc_info=True)
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from shared import telemetry
+from shared.contracts import VmState
 from shared.pool.workers import WorkerRegistry
 from shared.services import Services
 
@@ -29,6 +31,7 @@ def request_capacity(services: Services, reason: str) -> dict[str, Any]:
             except Exception:  # noqa: BLE001 - the VM may have been removed meanwhile
                 log.warning("could not release a slot of %s", claim.vm)
         WorkerRegistry(scaler.registry.table).prune(WORKER_RETENTION)
+        pool_status(services)  # the backstop's look at the pool feeds the gauges
     report = scaler.run_once()
     out = report.to_dict()
     out.update(reason=reason, abandoned=abandoned,
@@ -52,10 +55,12 @@ def poison_count(services: Services) -> int:
 
 def pool_status(services: Services) -> dict[str, Any]:
     """`GET /api/pool`: every VM with its state and load, the ephemeral workers (agents outside
-    the pool, e.g. Kubernetes pods) with their heartbeats, and the backlog."""
+    the pool, e.g. Kubernetes pods) with their heartbeats, and the backlog (also recorded as
+    the queue-depth and VMs-by-state gauges)."""
     scaler = services.scaler
     vms = []
-    for rec in scaler.registry.list():
+    records = scaler.registry.list()
+    for rec in records:
         vms.append({"name": rec.name, "state": rec.state.value, "priority": rec.priority.value,
                     "slots": rec.slots,
                     "busy": rec.busy, "lastActivity": rec.last_activity.isoformat(),
@@ -66,7 +71,10 @@ def pool_status(services: Services) -> dict[str, Any]:
                     "bootSeconds": rec.boot_seconds or None})
     timeout = timedelta(seconds=services.settings.heartbeat_timeout_seconds)
     workers = [w.to_api(timeout) for w in WorkerRegistry(scaler.registry.table).list()]
+    queued, in_flight, poison = (scaler.queued(), len(services.claims.active()),
+                                 poison_count(services))
+    telemetry.pool_observed((r.state.value for r in records), (s.value for s in VmState),
+                            queued, in_flight, poison)
     return {"backend": services.settings.pool_backend, "vms": vms, "workers": workers,
-            "queued": scaler.queued(),
-            "inFlight": len(services.claims.active()), "poison": poison_count(services),
+            "queued": queued, "inFlight": in_flight, "poison": poison,
             "maxRunning": services.settings.pool_max_running}

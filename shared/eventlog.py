@@ -12,6 +12,7 @@ from typing import Any
 
 from azure.data.tables import TableClient
 
+from shared import telemetry
 from shared.clock import utcnow
 
 _MAX_TICKS = 10**19
@@ -31,6 +32,8 @@ class EventLog:
             "PartitionKey": moment.strftime("%Y%m%d"), "RowKey": row_key, "kind": kind,
             "message": message[:4000], "jobId": job_id, "vm": vm, "runId": run_id,
             "data": json.dumps(data or {})[:30000], "at": moment})
+        # The same event as a structured log record, for Application Insights and KQL.
+        telemetry.event(kind, message, job_id=job_id, vm=vm, run_id=run_id, data=data)
         return row_key
 
     def times(self, kind: str, since: datetime, now: datetime | None = None) -> list[float]:

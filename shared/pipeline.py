@@ -14,6 +14,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
+from shared import telemetry
 from shared.clock import utcnow
 from shared.collectors import collect
 from shared.contracts import (
@@ -102,7 +103,8 @@ def issue_work_item(services: Services, request: WorkRequest) -> IssuedWork:
     services.issued.record(item)
     services.work_queue.send_message(item.to_json())
     services.log.write("work.issued", f"step {item.step} ({item.action}) attempt {item.attempt}",
-                       job_id=item.job_id, data={"blob": item.blob})
+                       job_id=item.job_id, data={"blob": item.blob, "step": item.step,
+                                                 "attempt": item.attempt, "action": item.action})
     return {"jobId": item.job_id, "step": item.step, "attempt": item.attempt,
             "eventName": done_event_name(item.step, item.attempt)}
 
@@ -112,7 +114,8 @@ def finish_job(services: Services, outcome: JobOutcome) -> dict[str, Any]:
     s = services.settings
     status = SUCCEEDED if outcome["status"] == SUCCEEDED else FAILED
     job = services.jobs.get(outcome["jobId"])
-    if job.status in (SUCCEEDED, FAILED):
+    repeat = job.status in (SUCCEEDED, FAILED)
+    if repeat:
         status = job.status  # a repeat of this step: the recorded outcome stands
     container, name = job.container, job.blob
     source = services.blobs.get_blob_client(container, name)
@@ -132,6 +135,8 @@ def finish_job(services: Services, outcome: JobOutcome) -> dict[str, Any]:
         outcome["jobId"], status, vm=outcome.get("vm") or "",
         bytes_in=int(outcome.get("bytesIn") or 0), bytes_out=int(outcome.get("bytesOut") or 0),
         output=outcome.get("output") or "", error=outcome.get("error") or "")
+    if not repeat:
+        telemetry.job_finished(job.actions, job.status, job.duration_ms)
     services.log.write(f"job.{status}", f"{container}/{name} {status}", job_id=job.job_id,
                        vm=job.vm, run_id=job.run_id,
                        data={"bytesIn": job.bytes_in, "bytesOut": job.bytes_out,

@@ -25,7 +25,8 @@ WORKER_RUNTIME = "azure-functions-runtime==1.3.0"
 # Every function the app must expose; indexing must report each of them. The orchestrators and
 # activities are named by the contracts, the one place their names are written.
 EXPECTED_FUNCTIONS = {
-    "health_http", "collect_data_timer", "data_blob_trigger", *contracts.ORCHESTRATORS,
+    "health_http", "dashboard_http", "dashboard_asset_http", "collect_data_timer",
+    "data_blob_trigger", *contracts.ORCHESTRATORS,
     *contracts.ACTIVITIES, "pool_scaler_timer", "pool_status_http", "submit_change_http",
     "get_change_http", "submit_job_http", "get_job_http", "list_jobs_http", "start_run_http",
     "get_run_http", "vm_done_http", "vm_idle_http", "deployment_status_http", "openapi_http",

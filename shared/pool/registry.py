@@ -17,6 +17,7 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from shared import telemetry
 from shared.clock import utcnow
 from shared.conditional import (
     CONTENTION,
@@ -343,6 +344,9 @@ class PoolRegistry:
             except ResourceNotFoundError:
                 raise UnknownVm(vm) from None
             new.etag = (meta or {}).get("etag", "")
+            if new.state != rec.state:  # committed once: the ETag let only this write through
+                telemetry.vm_state_changed(vm, rec.state.value, new.state.value,
+                                           rec.state_since, new.state_since, new.boot_seconds)
             return new
 
         return retry_on_conflict(attempt, lambda: RegistryContention(
