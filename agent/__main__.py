@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from agent.runner import Agent  # noqa: PLC0415 - SDK imports only when really running
+    from shared import telemetry  # noqa: PLC0415
 
+    # The agent's own records (with job, VM, attempt attributes) to Application Insights.
+    telemetry.configure(logger_name="agent")
     agent = Agent(config)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

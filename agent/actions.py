@@ -17,6 +17,7 @@ from pathlib import Path
 from agent.config import INPUT, OUTPUT
 
 STDERR_TAIL_BYTES = 4096
+STDERR_FILE = "stderr.txt"  # in the job folder; the agent uploads it whole after the action
 KILL_GRACE_SECONDS = 5.0
 
 
@@ -83,7 +84,7 @@ def run(command: list[str], cwd: Path, timeout: float, tick_seconds: float,
     `on_tick` returns a reason to stop the action (or None to go on); a reason and the timeout
     both kill the whole process group.
     """
-    stderr_path = cwd / "stderr.txt"
+    stderr_path = cwd / STDERR_FILE
     with stderr_path.open("wb") as err, (cwd / "stdout.txt").open("wb") as out:
         try:
             process = subprocess.Popen(command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,

@@ -25,6 +25,7 @@ from agent import actions, paths
 from agent.api import ApiRefused, ApiUnavailable, AppClient
 from agent.config import AgentConfig
 from agent.lease import MessageLease
+from shared import telemetry
 from shared.claims import (
     ABANDONED,
     DONE,
@@ -61,6 +62,9 @@ class JobReport:
     bytes_in: int = 0
     bytes_out: int = 0
     duration_ms: int = 0
+    stderr_tail: str = ""              # the action's last stderr bytes, for the log record
+    stderr_blob: str | None = None     # where the whole stderr went
+
 
     def body(self, item: WorkItem) -> dict[str, Any]:
         return {"step": item.step, "attempt": item.attempt, "token": item.token,
@@ -221,9 +225,20 @@ class Worker:
             raise StepAbandoned("claim lost while the action ran")
         if self.handing_back.is_set() and not result.succeeded:
             raise HandedBack("the VM is being evicted; the action was stopped")
+        stderr_blob = self._upload_stderr(item, job_dir / actions.STDERR_FILE, out_name)
+        report = self._action_report(item, result, output_path, out_name, bytes_in,
+                                     stderr_blob)
+        report.stderr_tail, report.stderr_blob = result.stderr_tail, stderr_blob
+        return report
+
+    def _action_report(self, item: WorkItem, result: actions.ActionResult, output_path: Path,
+                       out_name: str, bytes_in: int, stderr_blob: str | None) -> JobReport:
+        limit = self.config.max_output_bytes
         if not result.succeeded:
             reason = result.stopped or f"action exited with {result.exit_code}"
             error = reason + (f"\n{result.stderr_tail}" if result.stderr_tail else "")
+            if stderr_blob:  # the row keeps the tail; last, so that bounding keeps it too
+                error = error.rstrip("\n") + f"\n(whole stderr: {stderr_blob})"
             return JobReport("failed", exit_code=result.exit_code, error=error,
                              bytes_in=bytes_in)
         size = _file_size(output_path)
@@ -254,6 +269,24 @@ class Worker:
             raise StepAbandoned(f"download of the input failed: {exc}") from None
         except AzureError as exc:
             raise StepAbandoned(f"download of the input failed: {exc}") from None
+
+    def _upload_stderr(self, item: WorkItem, path: Path, out_name: str) -> str | None:
+        """The action's whole stderr as `<blob>.<action>.<attempt>.stderr`; None
+        when it wrote nothing. Diagnostics only: a failed upload does not fail the step."""
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+        name = f"{out_name.removesuffix('.out')}.{item.attempt}.stderr"
+        try:
+            self._upload(item, path, name)
+        except StepAbandoned as exc:
+            log.warning("job %s step %s: stderr not kept: %s", item.job_id, item.step_key, exc,
+                        extra=self._attributes(item))
+            return None
+        return f"{self.config.results_container}/{name}"
+
+    def _attributes(self, item: WorkItem) -> dict[str, Any]:
+        return telemetry.step_attributes(item.job_id, self.config.vm_name, item.attempt,
+                                         item.step, item.action)
 
     def _upload(self, item: WorkItem, path: Path, out_name: str) -> None:
         client = self.blobs.get_blob_client(self.config.results_container, out_name)
@@ -294,7 +327,15 @@ class Worker:
                    "bytesOut": report.bytes_out, "durationMs": report.duration_ms}
         self._finish(item, DONE if report.status == "succeeded" else FAILED, outcome)
         lease.delete()
-        log.info("job %s step %s: %s, acknowledged", item.job_id, item.step_key, report.status)
+        extra = {**self._attributes(item), "step.outcome": report.status,
+                 "step.duration_ms": report.duration_ms}
+        if report.stderr_tail:
+            extra["stderr.tail"] = report.stderr_tail
+        if report.stderr_blob:
+            extra["stderr.blob"] = report.stderr_blob
+        log.log(logging.INFO if report.status == "succeeded" else logging.WARNING,
+                "job %s step %s: %s, acknowledged", item.job_id, item.step_key, report.status,
+                extra=extra)
         return report.status
 
     def _finish(self, item: WorkItem, state: str, outcome: dict[str, Any]) -> None:

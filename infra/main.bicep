@@ -279,6 +279,7 @@ module pool 'app/vmpool.bicep' = {
     agentActions: agentActions
     agentPackageUrl: agentPackageUrl
     appBaseUrl: appBaseUrl
+    applicationInsightsConnectionString: monitoring.outputs.connectionString
   }
 }
 

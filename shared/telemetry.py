@@ -131,6 +131,16 @@ def job_finished(actions: str, outcome: str, duration_ms: int) -> None:
     _instrument(JOB_DURATION).record(duration_ms / 1000.0, attrs)
 
 
+def step_attributes(job_id: str, vm: str, attempt: int, step: int, action: str,
+                    run_id: str = "") -> dict[str, Any]:
+    """The attributes of a record about one attempt at one step (agent and app alike)."""
+    attrs: dict[str, Any] = {JOB_ID: job_id, VM_NAME: vm, ATTEMPT: attempt, STEP: step,
+                             ACTION: action}
+    if run_id:
+        attrs[RUN_ID] = run_id
+    return attrs
+
+
 # --- the event log as structured records -----------------------------------------------------
 
 def event(kind: str, message: str, *, job_id: str = "", vm: str = "", run_id: str = "",

@@ -63,7 +63,18 @@ resource userStorage 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for
   }
 }]
 
-// Telemetry with Entra ID auth (Application Insights local auth is off).
+// Telemetry with Entra ID auth (Application Insights local auth is off): the app, and the
+// agents on the VMs (their logs and action stderr records).
+resource vmTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(applicationInsights.id, vmPrincipalId, roles.monitoringMetricsPublisher)
+  scope: applicationInsights
+  properties: {
+    principalId: vmPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+  }
+}
+
 resource appTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(applicationInsights.id, appPrincipalId, roles.monitoringMetricsPublisher)
   scope: applicationInsights

@@ -30,6 +30,9 @@ param claimTable string
 param vmTable string
 param appBaseUrl string
 
+@description('Application Insights connection string the agents export their records to; empty for none.')
+param applicationInsightsConnectionString string = ''
+
 @description('Blob URL of the agent tarball (uploaded by scripts/postprovision.sh); fetched with the VM identity.')
 param agentPackageUrl string
 
@@ -160,6 +163,8 @@ var agentEnv = [for name in vmNames: join([
   'AZURE_CLIENT_ID=${vmIdentityClientId}'
   'VMPOOL_AGENT_PACKAGE_URL=${agentPackageUrl}'
   contains(spotVmNames, name) ? 'AGENT_SCHEDULED_EVENTS_URL=${vmProfile.spot.scheduledEventsUrl}' : ''
+  empty(applicationInsightsConnectionString) ? '' : 'APPLICATIONINSIGHTS_CONNECTION_STRING=${applicationInsightsConnectionString}'
+  empty(applicationInsightsConnectionString) ? '' : 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING=ClientId=${vmIdentityClientId};Authorization=AAD'
   ''
 ], '\n')]
 

@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import timedelta
 from pathlib import Path
 
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
 from agent import __version__ as agent_version
+from shared import telemetry
 from shared.claims import ABANDONED, CLAIMED, DONE, FAILED, ClaimStore
 from shared.pool.workers import WorkerRegistry
 from shared.settings import Settings
@@ -61,18 +66,45 @@ def test_files_are_processed_and_acknowledged(wait, agent_env, run_agent, work, 
 
 def test_failed_action_reports_exit_code_and_stderr_tail(wait, agent_env, run_agent, work, api,
                                                          settings, connection) -> None:
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    handler = LoggingHandler(level=logging.INFO, logger_provider=provider)
+    logging.getLogger("agent").addHandler(handler)
     item = work.submit("bad.csv", b"FAIL please")
-    run_agent(agent_env)
-    wait(lambda: api.done_calls() and work.messages_left() == 0, what="done call")
+    try:
+        run_agent(agent_env)
+        wait(lambda: api.done_calls() and work.messages_left() == 0, what="done call")
+        wait(lambda: [r for r in exporter.get_finished_logs()
+                      if r.log_record.attributes.get("step.outcome")], what="the step's record")
+    finally:
+        logging.getLogger("agent").removeHandler(handler)
     body = api.done_calls()[0].body
     assert body["status"] == "failed" and body["exitCode"] == 3 and body["output"] is None
-    assert body["error"].rstrip().endswith("the last words")
+    stderr_name = "bad.csv.process.1.stderr"
+    assert body["error"].endswith(
+        f"the last words\n(whole stderr: {settings.results_container}/{stderr_name})")
     assert "stderr line 499" in body["error"]
     assert "stderr line 0:" not in body["error"]  # only the tail travels
     assert len(body["error"]) <= 4200
     claim = _claims(settings, connection).get(item.job_id, item.step_key)
     assert claim is not None and claim.state == FAILED
-    assert work.result_names() == []
+    # The whole stderr is kept in a blob the error names; no output was uploaded.
+    assert work.result_names() == [stderr_name]
+    whole = work.result(stderr_name).decode()
+    assert "stderr line 0:" in whole and "stderr line 499" in whole
+    assert whole.rstrip().endswith("the last words")
+    # The agent's record of the step carries the same attributes as the app's records.
+    record = next(r.log_record for r in exporter.get_finished_logs()
+                  if r.log_record.attributes.get("step.outcome"))
+    attrs = dict(record.attributes)
+    assert {k: attrs[k] for k in (telemetry.JOB_ID, telemetry.VM_NAME, telemetry.ATTEMPT,
+                                  telemetry.STEP, telemetry.ACTION)} == {
+        telemetry.JOB_ID: item.job_id, telemetry.VM_NAME: VM, telemetry.ATTEMPT: 1,
+        telemetry.STEP: 0, telemetry.ACTION: "process"}
+    assert attrs["step.outcome"] == "failed" and record.severity_text == "WARN"
+    assert attrs["stderr.tail"].rstrip().endswith("the last words")
+    assert attrs["stderr.blob"] == f"{settings.results_container}/{stderr_name}"
 
 
 def test_oversized_output_is_refused(wait, agent_env, run_agent, work, api) -> None:

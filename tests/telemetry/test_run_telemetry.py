@@ -21,10 +21,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from devhost.testing import ThreadedHost
+from shared import services as services_module
 from shared import telemetry
 from shared.pool.backends import make_backend
 from shared.pool.members import parse_pool_vms
-from shared.services import Services, reset_services
+from shared.services import Services
 from shared.storage import ensure_resources
 
 HERE = Path(__file__).resolve().parent
@@ -58,7 +59,7 @@ def log_records() -> Iterator[InMemoryLogRecordExporter]:
 
 
 @pytest.fixture()
-def app(azurite, tmp_path) -> Iterator[dict[str, Any]]:
+def app(azurite, tmp_path, monkeypatch) -> Iterator[dict[str, Any]]:
     port = _free_port()
     (tmp_path / "boots").mkdir()
     env = app_env(azurite, tmp_path, LOCAL_AGENT_API_BASE_URL=f"http://127.0.0.1:{port}",
@@ -69,7 +70,8 @@ def app(azurite, tmp_path) -> Iterator[dict[str, Any]]:
                   LOCAL_AGENT_COMMAND=f"{sys.executable} {HERE / 'counting_launcher.py'}")
     services = Services.from_env(env)
     ensure_resources(services.settings, services.connection)
-    reset_services()
+    # The app in this process builds its services from this test's settings, and forgets them.
+    monkeypatch.setattr(services_module, "_services", None)
     threaded = ThreadedHost(ROOT, env=env, port=port)
     threaded.start()
     try:
@@ -77,7 +79,6 @@ def app(azurite, tmp_path) -> Iterator[dict[str, Any]]:
                "boots": tmp_path / "boots"}
     finally:
         threaded.stop()
-        reset_services()
         backend = make_backend(services.settings, env=env)
         for vm in parse_pool_vms(services.settings.pool_vms):
             try:
