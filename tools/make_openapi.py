@@ -267,7 +267,10 @@ def document() -> dict[str, Any]:
             "operationId": "dashboard_asset_http", "security": [],
             "summary": "A static asset of the dashboard (script, style sheet)",
             "parameters": [path_param("asset")],
-            "responses": {"200": {"description": "The asset"}, **_errors(404)}}},
+            "responses": {"200": {"description": "The asset", "content": {
+                kind: {"schema": STR} for kind in ("text/javascript", "text/css",
+                                                   "image/svg+xml")}},
+                          **_errors(404)}}},
         "/api/deployment/status": {"get": {
             "operationId": "deployment_status_http",
             "summary": "Pending and running orchestrations, for a deployment gate",

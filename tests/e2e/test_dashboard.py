@@ -105,6 +105,18 @@ def test_a_refused_key_shows_a_clear_message(start_app, browser) -> None:
     page.press("#key-input", "Enter")
     expect(page.locator("#pool-table tbody tr")).to_have_count(3, timeout=30_000)
     expect(error).to_be_hidden()
+    # Phone width: one column of cards, nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(page.locator("#pool-table thead")).to_be_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    # Keyboard: the controls are reached with Tab, in order, from the top.
+    page.locator("h1").click()  # the starting point of sequential focus navigation
+    reached = []
+    for _ in range(4):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("document.activeElement.id || "
+                                     "document.activeElement.textContent.trim()"))
+    assert reached == ["forget-key", "Pool", "Queue", "Runs"]
 
 
 def test_assets_are_served_and_unknown_names_refused(start_app) -> None:

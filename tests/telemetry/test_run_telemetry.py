@@ -125,13 +125,14 @@ def test_a_run_emits_each_metric_and_attributed_log_records(app, log_records) ->
     for i in range(3):
         blobs.get_blob_client(s.data_container, f"in/ok{i}.json").upload_blob(b'{"n": %d}' % i)
     blobs.get_blob_client(s.data_container, "in/bad.json").upload_blob(b'{"fail": 1}')
-    response = requests.post(f"{app['base']}/api/runs", json={"prefix": "in/", "runId": "run-t"},
+    response = requests.post(f"{app['base']}/api/runs",
+                             json={"prefix": "in/", "runId": "nightly-t"},
                              headers={"x-functions-key": app["env"]["DEVHOST_FUNCTION_KEY"]},
                              timeout=30)
     assert response.status_code == 202, response.text
 
     def finished() -> list | None:
-        jobs = [j for j in services.jobs.list(run_id="run-t", limit=100)
+        jobs = [j for j in services.jobs.list(run_id="nightly-t", limit=100)
                 if j.status in ("succeeded", "failed")]
         return jobs if len(jobs) == 4 else None
 
@@ -178,7 +179,7 @@ def test_a_run_emits_each_metric_and_attributed_log_records(app, log_records) ->
     assert {a[telemetry.JOB_ID] for a in finished_records} >= run_jobs
     for a in finished_records:
         if a[telemetry.JOB_ID] in run_jobs:
-            assert a[telemetry.RUN_ID] == "run-t"
+            assert a[telemetry.RUN_ID] == "nightly-t"
         if a[telemetry.KIND] == "job.succeeded":
             assert a[telemetry.VM_NAME] in ("vm01", "vm02", "vm03")
     done = attrs_of("work.done")
