@@ -127,7 +127,8 @@ def _dotted(node: Any) -> str | None:
     if isinstance(node, str):
         return node
     operator = node.get("operator") if isinstance(node, dict) else None
-    if not operator or operator.get("type") != "property_accessor":
+    # An object may have a property named `operator` itself (alert criteria do): not an accessor.
+    if not isinstance(operator, dict) or operator.get("type") != "property_accessor":
         return None
     left, right = (_dotted(operator["operands"].get(k)) for k in ("operand_1", "operand_2"))
     return f"{left}.{right}" if left and right else None
