@@ -27,6 +27,7 @@ from shared.pool.backends import make_backend
 from shared.pool.members import parse_pool_vms
 from shared.services import Services
 from shared.storage import ensure_resources
+from tools.polling import poll
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -108,13 +109,9 @@ def _total(name: str, **attrs: str) -> float:
 
 
 def _wait(what: str, check, timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    value = poll(check, timeout, every=0.5)
+    assert value, f"timed out waiting for {what}"
+    return value
 
 
 def test_a_run_emits_each_metric_and_attributed_log_records(app, log_records) -> None:
