@@ -77,6 +77,9 @@ class AgentConfig:
     # Azure's Scheduled Events (IMDS) for a spot VM's Preempt notice; empty: not watched
     scheduled_events_url: str = ""
     scheduled_events_seconds: float = 5.0  # the notice is about 30 s: look well inside it
+    package_container: str = ""     # where releases are published; empty: no self-upgrade
+    install_dir: Path | None = None  # versions/ and the `app` link PYTHONPATH names
+    upgrade_check_seconds: float = 300.0  # how often an idle agent looks for a new release
     extra_env: dict[str, str] = field(default_factory=dict, repr=False)  # from an env file
 
     @property
@@ -169,6 +172,9 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "AGENT_MAX_DEQUEUE_COUNT": ("max_dequeue_count", parse_int_range(1, 1000)),
     "AGENT_SCHEDULED_EVENTS_URL": ("scheduled_events_url", _url),
     "AGENT_SCHEDULED_EVENTS_SECONDS": ("scheduled_events_seconds", parse_float_range(0.1, 60)),
+    "AGENT_PACKAGE_CONTAINER": ("package_container", parse_container_name),
+    "AGENT_INSTALL_DIR": ("install_dir", lambda raw: Path(parse_text(raw)).expanduser()),
+    "AGENT_UPGRADE_CHECK_SECONDS": ("upgrade_check_seconds", parse_float_range(1, 7 * 86400)),
 }
 REQUIRED = ("AGENT_VM_NAME", "AGENT_API_BASE_URL", "AGENT_ACTIONS")
 STORAGE_KEYS = ("AGENT_STORAGE_CONNECTION", STORAGE_NAME)
@@ -269,6 +275,9 @@ def load(env: Mapping[str, str] | None = None) -> AgentConfig:
     values["storage"] = _storage(merged)
     values["extra_env"] = {k: v for k, v in extra.items() if k not in source}
     config = AgentConfig(**values)
+    if bool(config.package_container) != (config.install_dir is not None):
+        raise ConfigError("AGENT_INSTALL_DIR", "self-upgrade needs both AGENT_PACKAGE_CONTAINER "
+                          "and AGENT_INSTALL_DIR (or neither)")
     if config.poll_min_seconds > config.poll_max_seconds:
         raise ConfigError("AGENT_POLL_MIN_SECONDS", "must not exceed AGENT_POLL_MAX_SECONDS")
     return config

@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -27,6 +28,7 @@ from agent.api import ApiError, AppClient
 from agent.config import AgentConfig
 from agent.lease import MalformedMessage, MessageLease, decode
 from agent.scheduled_events import ScheduledEvent, ScheduledEvents
+from agent.upgrade import UpgradeError, Upgrader
 from agent.worker import JOB_DIR_PREFIX, Worker
 from shared.claims import ClaimStore
 from shared.clock import utcnow
@@ -85,6 +87,10 @@ class Agent:
         self.events = (ScheduledEvents(config.scheduled_events_url, config.vm_name)
                        if config.scheduled_events_url else None)
         self.activity = Activity()
+        self.upgrader = (Upgrader(conn.blob_service(), config.package_container,
+                                  config.install_dir, __version__)
+                         if config.package_container and config.install_dir else None)
+        self.upgrade_to: Path | None = None  # a prepared release to restart on once drained
         self.stopping = threading.Event()
         self.outcomes: dict[str, int] = {}
         self._outcome_lock = threading.Lock()
@@ -103,7 +109,9 @@ class Agent:
         cfg.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._clean_work_dir()
         self._reset_busy_slots()
-        log.info("agent %s up: %s", cfg.vm_name, cfg.describe())
+        log.info("agent %s %s up: %s", cfg.vm_name, __version__, cfg.describe())
+        if self._check_release("boot") and self.upgrade_to is not None:
+            self.upgrader.switch_and_restart(self.upgrade_to)  # nothing taken yet: no drain
         if not cfg.function_key:
             log.warning("AGENT_FUNCTION_KEY is empty: calls to the app carry no function key")
         slots = [threading.Thread(target=self._slot_loop, args=(i,), name=f"slot-{i}")
@@ -111,6 +119,7 @@ class Agent:
         for thread in slots:
             thread.start()
         next_beat = next_look = 0.0
+        next_release_check = time.monotonic() + cfg.upgrade_check_seconds
         last_idle_call = time.monotonic()
         tick = min(1.0, cfg.heartbeat_seconds, max(cfg.idle_seconds, 0.1),
                    cfg.scheduled_events_seconds)
@@ -124,6 +133,11 @@ class Agent:
                 event = self.events.ending()
                 if event is not None:
                     self._evicted(event, slots)
+            if (self.upgrader is not None and not self.stopping.is_set()
+                    and now >= next_release_check and self.activity.idle_for() > 0):
+                next_release_check = now + cfg.upgrade_check_seconds
+                if self._check_release("idle"):
+                    self.stop()  # drain: what is in hand finishes, then the restart
             if not self.stopping.is_set() and cfg.idle_seconds > 0:
                 idle = self.activity.idle_for()
                 if idle >= cfg.idle_seconds and now - last_idle_call >= cfg.idle_seconds:
@@ -135,11 +149,30 @@ class Agent:
                         self.stop()
             for thread in slots:
                 thread.join(timeout=tick / len(slots))
-        self._vm_heartbeat(final=True)
+        self._vm_heartbeat(final=self.upgrade_to is None)
         self.api.close()
         if self.events is not None:
             self.events.close()
         log.info("agent %s stopped: %s", cfg.vm_name, self.outcomes)
+        if self.upgrade_to is not None and self.upgrader is not None \
+                and not self.handing_back.is_set():
+            self.upgrader.switch_and_restart(self.upgrade_to)  # drained: nothing in hand
+
+    def _check_release(self, when: str) -> bool:
+        """True when another agent version is published and prepared (`upgrade_to` set)."""
+        if self.upgrader is None:
+            return False
+        release = self.upgrader.newer()
+        if release is None:
+            return False
+        log.info("agent %s is published (running %s); preparing it (%s)", release.version,
+                 __version__, when)
+        try:
+            self.upgrade_to = self.upgrader.prepare(release)
+        except UpgradeError as exc:
+            log.warning("%s; staying on %s", exc, __version__)
+            return False
+        return True
 
     HANDBACK_WAIT_S = 15.0  # of the ~30 s notice: the slots' hand-back, then the app is told
 
@@ -248,7 +281,7 @@ class Agent:
         cfg = self.config
         try:
             if cfg.use_pool:
-                self.registry.heartbeat(cfg.vm_name)
+                self.registry.heartbeat(cfg.vm_name, agent_version=__version__)
             else:
                 self.workers.heartbeat(cfg.vm_name, slots=cfg.slots,
                                        busy=self.activity.active, started_at=self.started_at,

@@ -278,6 +278,7 @@ module pool 'app/vmpool.bicep' = {
     agentFunctionKey: agentFunctionKey
     agentActions: agentActions
     agentPackageUrl: agentPackageUrl
+    agentPackageContainer: agentPackageContainer
     appBaseUrl: appBaseUrl
     applicationInsightsConnectionString: monitoring.outputs.connectionString
   }
@@ -402,6 +403,7 @@ output AZURE_FUNCTION_NAME string = api.outputs.name
 output AZURE_FUNCTION_URL string = api.outputs.uri
 output AZURE_FUNCTION_HAS_STAGING_SLOT bool = !isFlex
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_STORAGE_SUFFIX string = environment().suffixes.storage
 output AZURE_EVENTGRID_TOPIC_NAME string = storage.outputs.eventGridTopicName
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output DATA_CONTAINER string = names.dataContainer

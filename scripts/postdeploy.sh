@@ -1,7 +1,8 @@
 #!/bin/sh
 # azd postdeploy hook (also runnable by hand after `func azure functionapp publish`):
 #  1. sets host key `vmagent` (what the pool agents present) from Key Vault secret agent-function-key;
-#  2. subscribes the blob trigger to BlobCreated events of the data container through the storage
+#  2. publishes the agent of this commit (scripts/postprovision.sh), so app and agents match;
+#  3. subscribes the blob trigger to BlobCreated events of the data container through the storage
 #     account's Event Grid system topic. The webhook needs the blobs_extension system key, which
 #     exists only once the code (with its Event Grid blob trigger) runs, so this cannot be Bicep.
 # Needs: az (signed in), and the azd outputs below in the environment.
@@ -19,6 +20,9 @@ agent_key="$(az keyvault secret show --vault-name "$AZURE_KEY_VAULT_NAME" \
 az functionapp keys set -g "$AZURE_RESOURCE_GROUP" -n "$AZURE_FUNCTION_NAME" \
   --key-type functionKeys --key-name vmagent --key-value "$agent_key" --output none
 echo "postdeploy: host key vmagent set"
+
+# The agents follow the code: publish this commit's agent (they upgrade when idle).
+./scripts/postprovision.sh
 
 # The host creates the blobs_extension key when it first starts the Event Grid blob trigger.
 blobs_key=""

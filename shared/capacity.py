@@ -68,7 +68,8 @@ def pool_status(services: Services) -> dict[str, Any]:
                     if rec.last_heartbeat else None,
                     "stateSince": rec.state_since.isoformat(), "privateIp": rec.private_ip or None,
                     "publicIp": rec.public_ip or None, "reason": rec.reason or None,
-                    "bootSeconds": rec.boot_seconds or None})
+                    "bootSeconds": rec.boot_seconds or None,
+                    "agentVersion": rec.agent_version or None})
     timeout = timedelta(seconds=services.settings.heartbeat_timeout_seconds)
     workers = [w.to_api(timeout) for w in WorkerRegistry(scaler.registry.table).list()]
     queued, in_flight, poison = (scaler.queued(), len(services.claims.active()),

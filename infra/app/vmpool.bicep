@@ -33,6 +33,9 @@ param appBaseUrl string
 @description('Application Insights connection string the agents export their records to; empty for none.')
 param applicationInsightsConnectionString string = ''
 
+@description('Container of agent releases (release.json); the agents upgrade from it when idle.')
+param agentPackageContainer string = 'agent-package'
+
 @description('Blob URL of the agent tarball (uploaded by scripts/postprovision.sh); fetched with the VM identity.')
 param agentPackageUrl string
 
@@ -162,6 +165,8 @@ var agentEnv = [for name in vmNames: join([
   'AGENT_VM_TABLE=${vmTable}'
   'AZURE_CLIENT_ID=${vmIdentityClientId}'
   'VMPOOL_AGENT_PACKAGE_URL=${agentPackageUrl}'
+  'AGENT_PACKAGE_CONTAINER=${agentPackageContainer}'
+  'AGENT_INSTALL_DIR=/opt/vmpool-agent'
   contains(spotVmNames, name) ? 'AGENT_SCHEDULED_EVENTS_URL=${vmProfile.spot.scheduledEventsUrl}' : ''
   empty(applicationInsightsConnectionString) ? '' : 'APPLICATIONINSIGHTS_CONNECTION_STRING=${applicationInsightsConnectionString}'
   empty(applicationInsightsConnectionString) ? '' : 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING=ClientId=${vmIdentityClientId};Authorization=AAD'

@@ -92,6 +92,7 @@ class VmRecord:
     operation: str = ""        # JSON handle of the backend operation in flight, if any
     boot_seconds: float = 0.0  # how long the last start took until the agent was seen
     priority: VmPriority = VmPriority.REGULAR  # on-demand or spot
+    agent_version: str = ""    # what the VM's agent reported in its last heartbeat
     etag: str = ""
 
     @property
@@ -109,7 +110,7 @@ class VmRecord:
             "lastActivity": self.last_activity, "stateSince": self.state_since,
             "privateIp": self.private_ip, "publicIp": self.public_ip, "reason": self.reason,
             "operation": self.operation, "bootSeconds": float(self.boot_seconds),
-            "priority": self.priority.value,
+            "priority": self.priority.value, "agentVersion": self.agent_version,
         }
         if self.last_heartbeat is not None:
             entity["lastHeartbeat"] = self.last_heartbeat
@@ -127,6 +128,7 @@ class VmRecord:
             reason=entity.get("reason", ""), operation=entity.get("operation", ""),
             boot_seconds=float(entity.get("bootSeconds", 0.0)),
             priority=VmPriority(entity.get("priority") or VmPriority.REGULAR.value),
+            agent_version=entity.get("agentVersion", ""),
             etag=entity.metadata.get("etag", ""))
 
 
@@ -306,8 +308,9 @@ class PoolRegistry:
         self._mutate(vm, release)
 
     def heartbeat(self, vm: str, addresses: dict | None = None,
-                  now: datetime | None = None) -> None:
-        """Record that the agent on `vm` is alive (and where); a starting VM becomes running."""
+                  now: datetime | None = None, agent_version: str | None = None) -> None:
+        """Record that the agent on `vm` is alive (and where, and which version it runs); a
+        starting VM becomes running."""
         updates: dict[str, str] = {}
         for key, value in (addresses or {}).items():
             if key not in ("private_ip", "public_ip"):
@@ -317,6 +320,8 @@ class PoolRegistry:
         def beat(rec: VmRecord) -> VmRecord:
             stamp = now or utcnow()
             new = replace(rec, last_heartbeat=stamp, **updates)
+            if agent_version is not None:
+                new.agent_version = agent_version
             if rec.state == VmState.STARTING:
                 new.state, new.state_since = VmState.RUNNING, stamp
                 new.boot_seconds = _elapsed(rec.state_since, stamp)

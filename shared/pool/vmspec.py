@@ -26,6 +26,7 @@ VM_DIR = Path(__file__).resolve().parent / "vm"
 PROFILE_PATH = VM_DIR / "profile.json"
 CLOUD_INIT_PATH = VM_DIR / "cloud-init.yaml"
 PACKAGE_URL_NAME = "VMPOOL_AGENT_PACKAGE_URL"  # read by the cloud-init's install script
+INSTALL_DIR = "/opt/vmpool-agent"  # where cloud-init installs the agent (versions/, app)
 
 
 @cache
@@ -57,6 +58,7 @@ class AgentVmSettings:
     claim_table: str = "tblclaim"
     vm_table: str = "tblvm"
     slots: int = 1
+    package_container: str = "agent-package"
 
     def missing(self) -> list[str]:
         """Names of the settings a working VM needs but this lacks."""
@@ -91,6 +93,8 @@ def agent_env(vm: str, agent: AgentVmSettings, spot: bool = False) -> str:
         f"AGENT_VM_TABLE={agent.vm_table}",
         f"AZURE_CLIENT_ID={agent.identity_client_id}",
         f"{PACKAGE_URL_NAME}={agent.package_url}",
+        f"AGENT_PACKAGE_CONTAINER={agent.package_container}",  # self-upgrade (agent/upgrade.py)
+        f"AGENT_INSTALL_DIR={INSTALL_DIR}",
     ]
     if spot:
         lines.append(f"AGENT_SCHEDULED_EVENTS_URL={profile()['spot']['scheduledEventsUrl']}")
@@ -146,6 +150,7 @@ def agent_settings_from(settings: Any, env: Mapping[str, str]) -> AgentVmSetting
         identity_id=settings.pool_vm_identity_id,
         identity_client_id=settings.pool_vm_identity_client_id,
         package_url=settings.pool_agent_package_url,
+        package_container=_container_of(settings.pool_agent_package_url),
         api_base_url=settings.pool_agent_api_base_url,
         function_key=settings.pool_agent_function_key,
         actions=actions if isinstance(actions, dict) else {},
@@ -154,3 +159,9 @@ def agent_settings_from(settings: Any, env: Mapping[str, str]) -> AgentVmSetting
         table_uri=env.get(f"{conn}__tableServiceUri", ""),
         work_queue=settings.work_queue, results_container=settings.results_container,
         claim_table=settings.claim_table, vm_table=settings.vm_table, slots=settings.vm_slots)
+
+
+def _container_of(url: str) -> str:
+    """The container of a blob URL (`https://acct.blob.../CONTAINER/name`), else the default."""
+    parts = url.split("://", 1)[-1].split("/")
+    return parts[1] if len(parts) > 2 and parts[1] else "agent-package"

@@ -28,6 +28,7 @@ EXPRESSIONS = {
     "vmTable": "tblvm",
     "vmSlots": "1",
     "agentPackageUrl": "https://stabc.blob.core.windows.net/agent-package/a.tar.gz",
+    "agentPackageContainer": "agent-package",
 }
 
 
