@@ -110,7 +110,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scmMinTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
-      healthCheckPath: '/api/health'
+      healthCheckPath: isFlex ? null : '/api/health' // Flex Consumption has no health check
       alwaysOn: false
       httpLoggingEnabled: true
       detailedErrorLoggingEnabled: true

@@ -57,9 +57,11 @@ class StaticCredential:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.scopes: list[tuple[str, ...]] = []
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         self.calls += 1
+        self.scopes.append(scopes)
         return AccessToken(TOKEN, int(time.time()) + 3600)
 
 

@@ -240,3 +240,13 @@ def test_transport_failures_are_backend_errors(fake_arm: FakeArm) -> None:
     backend = fake_arm.backend(arm_endpoint="http://127.0.0.1:9", retry_total=0)
     with pytest.raises(BackendError, match="vm01"):
         backend.power_state("vm01")
+
+
+def test_tokens_are_asked_for_the_configured_arm_endpoint(fake_arm: FakeArm) -> None:
+    """A sovereign cloud's ARM is its own token audience: the scope follows ARM_ENDPOINT."""
+    credential = fake_arm.credential()
+    fake_arm.add_vm("vm31", power="running")
+    backend = fake_arm.backend(credential=credential)
+    assert backend.power_state("vm31") == "running"
+    assert credential.scopes and all(
+        scopes == (f"{fake_arm.base_url.rstrip('/')}/.default",) for scopes in credential.scopes)

@@ -152,10 +152,15 @@ class AzureBackend(PoolBackend):
             return opts
 
         base = arm_endpoint or None
+        # Tokens for the ARM this backend talks to: a sovereign cloud's endpoint is also its
+        # token audience, so the public cloud's default scope would earn a 401 there.
+        scopes = [f"{self.base_url}/.default"]
         self.compute = ComputeManagementClient(credential, subscription_id, base_url=base,
-                                               polling_interval=polling_interval, **options())
+                                               polling_interval=polling_interval,
+                                               credential_scopes=scopes, **options())
         self.network = NetworkManagementClient(credential, subscription_id, base_url=base,
-                                               polling_interval=polling_interval, **options())
+                                               polling_interval=polling_interval,
+                                               credential_scopes=scopes, **options())
 
     # --- helpers -----------------------------------------------------------------------------
 
