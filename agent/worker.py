@@ -35,6 +35,7 @@ from shared.claims import (
     ClaimError,
     ClaimLost,
     ClaimStore,
+    ClaimWithdrawn,
 )
 from shared.workitem import WorkItem
 
@@ -87,6 +88,7 @@ class JobHeartbeat:
         self.lease, self.claims, self.item, self.vm = lease, claims, item, vm
         self.interval = interval
         self.claim_lost = threading.Event()
+        self.withdrawn = threading.Event()  # the job was cancelled: the message is spent
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"beat-{item.job_id[:20]}")
@@ -105,6 +107,11 @@ class JobHeartbeat:
             self.lease.extend()
             try:
                 self.claims.heartbeat(self.item, self.vm)
+            except ClaimWithdrawn as exc:
+                log.warning("job %s: %s; stopping the action", self.item.job_id, exc)
+                self.withdrawn.set()
+                self.claim_lost.set()
+                return
             except ClaimLost as exc:
                 log.warning("job %s: claim lost (%s); stopping", self.item.job_id, exc)
                 self.claim_lost.set()
@@ -149,6 +156,9 @@ class Worker:
             except HandedBack as exc:
                 return self.hand_back(item, lease, str(exc))
             except StepAbandoned as exc:
+                if beat.withdrawn.is_set():
+                    lease.delete()  # the job was cancelled: nobody needs this item again
+                    return "withdrawn"
                 log.warning("job %s step %s: abandoned here: %s", item.job_id, item.step_key,
                             exc)
                 return "abandoned"

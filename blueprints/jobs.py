@@ -16,7 +16,7 @@ from blueprints.http_util import (
     json_body,
     json_response,
 )
-from shared import callback, contracts
+from shared import callback, contracts, control
 from shared.api import bad_request, choice_param, conflict, int_param, not_found
 from shared.capacity import request_capacity
 from shared.contracts import RUN_STATUSES
@@ -131,6 +131,56 @@ async def get_run_http(req: func.HttpRequest,
     if orchestration is None and summary is None:
         raise not_found(f"run '{run_id[:100]}' does not exist")
     return json_response({"runId": run_id, "orchestration": orchestration, "summary": summary})
+
+
+def _cancel_request(req: func.HttpRequest) -> tuple[str, str]:
+    return control.cancel_request(req.get_body(), dict(req.headers),
+                                  get_services().settings.max_body_bytes)
+
+
+@bp.route(route="jobs/{job_id}/cancel", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+@api_errors
+async def cancel_job_http(req: func.HttpRequest,
+                          client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """Cancel a queued or running job: its work is withdrawn, a running action is stopped."""
+    by, reason = _cancel_request(req)
+    job = await control.cancel_job(get_services(), client, req.route_params.get("job_id", ""),
+                                   by, reason)
+    return json_response(job, 202)
+
+
+@bp.route(route="jobs/{job_id}/retry", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+@api_errors
+async def retry_job_http(req: func.HttpRequest,
+                         client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """Run a failed or cancelled job again from its kept original (a new, linked job)."""
+    answer = await control.retry_job(get_services(), client, req.route_params.get("job_id", ""))
+    return json_response(answer, 202)
+
+
+@bp.route(route="runs/{run_id}/cancel", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+@api_errors
+async def cancel_run_http(req: func.HttpRequest,
+                          client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """Cancel a run: files not finished are cancelled; the run records a partial summary."""
+    by, reason = _cancel_request(req)
+    answer = await control.cancel_run(get_services(), client, req.route_params.get("run_id", ""),
+                                      by, reason)
+    return json_response(answer, 202)
+
+
+@bp.route(route="runs/{run_id}/retry-failed", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+@api_errors
+async def retry_failed_run_http(req: func.HttpRequest,
+                                client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """A new run over exactly the failed files of a finished run, linked to it."""
+    answer = await control.retry_failed_files(get_services(), client,
+                                              req.route_params.get("run_id", ""))
+    return json_response(answer, 202)
 
 
 @bp.route(route="vms/{vm}/jobs/{job_id}/done", methods=["POST"])

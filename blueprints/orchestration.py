@@ -62,6 +62,12 @@ def list_files(run: dict) -> list:
                                names=run.get("names"))
 
 
+@bp.function_name(contracts.RUN_STATE)
+@bp.activity_trigger(input_name="run")
+def run_state(run: dict) -> dict:
+    return pipeline.run_state(get_services(), run["runId"])
+
+
 @bp.function_name(contracts.RECORD_RUN)
 @bp.activity_trigger(input_name="summary")
 def record_run(summary: dict) -> dict:

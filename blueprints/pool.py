@@ -11,7 +11,7 @@ from blueprints.http_util import (
     json_body,
     json_response,
 )
-from shared import contracts, orchestrations
+from shared import contracts, control, orchestrations
 from shared.api import choice_param, int_param, not_found
 from shared.capacity import pool_status, request_capacity
 from shared.changes import (
@@ -99,6 +99,21 @@ async def get_change_http(req: func.HttpRequest,
     return json_response({"changeId": change_id, "runtimeStatus": status["runtimeStatus"],
                           **(status["customStatus"] or {}), "input": status["input"],
                           "output": status["output"]})
+
+
+@bp.route(route="changes/{change_id}/cancel", methods=["POST"])
+@bp.durable_client_input(client_name="client")
+@api_errors
+async def cancel_change_http(req: func.HttpRequest,
+                             client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """Stop a change before its next step (what is done stays done)."""
+    services = get_services()
+    change_id = req.route_params.get("change_id", "")
+    if not valid_change_id(change_id):
+        raise not_found(f"change '{change_id[:100]}' does not exist")
+    by, reason = control.cancel_request(req.get_body(), dict(req.headers),
+                                        services.settings.max_body_bytes)
+    return json_response(await control.cancel_change(client, change_id, by, reason), 202)
 
 
 @bp.function_name(contracts.POOL_CHANGE)

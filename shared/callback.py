@@ -25,6 +25,7 @@ from shared.api import (
     read_body,
     require_object,
 )
+from shared.claims import WITHDRAWN
 from shared.contracts import STEP_STATUSES, StepResult, done_event_name, is_valid_vm_name
 from shared.jobs import JobNotFound
 from shared.naming import BlobNameError, check_blob_name
@@ -143,6 +144,9 @@ def check_done(services: Services, vm: str, job_id: str, body: bytes,
     if not verify(item, token, s.callback_signing_key):
         raise ApiError(403, "InvalidToken", "the work item token does not verify")
     claim = services.claims.get(job_id, item.step_key)
+    if claim is not None and claim.state == WITHDRAWN:
+        raise ApiError(409, "JobCancelled", f"job '{job_id[:100]}' was cancelled; the work "
+                       "item is withdrawn")
     if claim is None or claim.vm != vm:
         raise ApiError(403, "NotClaimed",
                        f"step {step} attempt {attempt} is not claimed by VM '{vm}'")

@@ -24,7 +24,9 @@ from shared.conditional import LookAgain, retry_on_conflict, update_if_unchanged
 from shared.workitem import WorkItem
 
 CLAIMED, DONE, FAILED, ABANDONED = "claimed", "done", "failed", "abandoned"
-FINISHED_STATES = (DONE, FAILED, ABANDONED)
+# The job was cancelled: nobody may (go on) work on the attempt, and its message is spent.
+WITHDRAWN = "withdrawn"
+FINISHED_STATES = (DONE, FAILED, ABANDONED, WITHDRAWN)
 
 
 class ClaimError(Exception):
@@ -49,6 +51,10 @@ class AlreadyFinished(ClaimError):
 
 class ClaimLost(ClaimError):
     """The caller no longer holds the claim (taken over or finished elsewhere)."""
+
+
+class ClaimWithdrawn(ClaimLost):
+    """The job was cancelled: stop the action and drop the work item."""
 
 
 @dataclass
@@ -105,7 +111,7 @@ class ClaimStore:
             current = self.get(item.job_id, item.step_key)
             if current is None:
                 raise LookAgain  # deleted between the two calls; try the insert again
-            if current.state in (DONE, FAILED):
+            if current.state in (DONE, FAILED, WITHDRAWN):
                 raise AlreadyFinished(current.state)
             if current.vm == vm and current.state == CLAIMED:
                 return current
@@ -121,6 +127,8 @@ class ClaimStore:
     def heartbeat(self, item: WorkItem, vm: str, now: datetime | None = None) -> None:
         """Refresh the holder's heartbeat; raise `ClaimLost` if `vm` no longer holds it."""
         current = self.get(item.job_id, item.step_key)
+        if current is not None and current.state == WITHDRAWN:
+            raise ClaimWithdrawn(f"{item.job_id}/{item.step_key} was withdrawn (job cancelled)")
         if current is None or current.vm != vm or current.state != CLAIMED:
             raise ClaimLost(f"{vm} does not hold {item.job_id}/{item.step_key}")
         try:
@@ -150,6 +158,35 @@ class ClaimStore:
 
         return retry_on_conflict(
             attempt, lambda: ClaimLost(f"{job_id}/{step_key}: too much contention"))
+
+    def withdraw(self, job_id: str, step_key: str, now: datetime | None = None) -> str:
+        """Withdraw an attempt of a cancelled job, claimed or not; returns the state it was in
+        ("" when nobody had claimed it). Finished attempts stay as they are."""
+        now = now or utcnow()
+        entity = {"PartitionKey": job_id, "RowKey": step_key, "vm": "", "state": WITHDRAWN,
+                  "finishedAt": now}
+
+        def attempt() -> str:
+            current = self.get(job_id, step_key)
+            if current is None:
+                try:
+                    self.table.create_entity(entity)
+                except ResourceExistsError:
+                    raise LookAgain from None  # claimed meanwhile: withdraw that claim
+                return ""
+            if current.state != CLAIMED:
+                return current.state
+            update_if_unchanged(self.table, {**entity, "vm": current.vm}, current.etag)
+            return CLAIMED
+
+        return retry_on_conflict(
+            attempt, lambda: ClaimLost(f"{job_id}/{step_key}: too much contention"))
+
+    def withdrawn(self) -> set[tuple[str, str]]:
+        """(job id, step key) of every withdrawn attempt, for the scaler's backlog count."""
+        rows = self.table.query_entities(f"state eq '{WITHDRAWN}'",
+                                         select=["PartitionKey", "RowKey"])
+        return {(row["PartitionKey"], row["RowKey"]) for row in rows}
 
     def active(self) -> list[Claim]:
         """Claims still being worked on (for the scaler: busy VMs and stale holders)."""

@@ -34,17 +34,24 @@ LIST_FILES = "list_files_activity"
 RECORD_RUN = "record_run_activity"
 CHANGE_STEP = "change_step_activity"
 RECORD_CHANGE = "record_change_activity"
+RUN_STATE = "run_state_activity"          # has the run been cancelled?
 ACTIVITIES = (START_JOB, ISSUE_WORK_ITEM, FINISH_JOB, REQUEST_CAPACITY, COLLECT_DATA,
-              LIST_FILES, RECORD_RUN, CHANGE_STEP, RECORD_CHANGE)
+              LIST_FILES, RECORD_RUN, CHANGE_STEP, RECORD_CHANGE, RUN_STATE)
+
+# --- external events ---------------------------------------------------------------------------
+
+CANCEL_EVENT = "cancel"  # raised by the cancel endpoints on a job's or a change's orchestration
 
 # --- statuses ----------------------------------------------------------------------------------
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
-JOB_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED)   # a job row's `status`
-STEP_STATUSES = (SUCCEEDED, FAILED)                   # what an agent reports for one step
-
 COMPLETED = "completed"
 CANCELLED = "cancelled"
+JOB_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)   # a job row's `status`
+JOB_FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+JOB_RETRYABLE = (FAILED, CANCELLED)   # a job that may run again from its kept original
+STEP_STATUSES = (SUCCEEDED, FAILED)                   # what an agent reports for one step
+
 RUN_STATUSES = (RUNNING, COMPLETED, CANCELLED)        # a run row's `status`
 
 CHANGE_TYPES = ("pool.add", "pool.remove", "pool.start", "pool.stop")

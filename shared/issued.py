@@ -64,3 +64,10 @@ class IssuedItems:
         except ResourceModifiedError:
             return False
         return True
+
+    def step_keys(self, job_id: str) -> list[str]:
+        """Claim keys (`STEP-ATTEMPT`) of every item issued for the job."""
+        rows = self.table.query_entities(
+            "PartitionKey eq @job and RowKey ge 'item-' and RowKey lt 'item.'",
+            parameters={"job": job_id}, select=["step", "attempt"])
+        return [f"{row['step']:03d}-{row['attempt']:03d}" for row in rows]

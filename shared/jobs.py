@@ -6,21 +6,38 @@ goes back to running.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.data.tables import TableClient
+from azure.data.tables import TableClient, UpdateMode
 
 from shared.clock import utcnow
 from shared.conditional import retry_on_conflict, update_if_unchanged
-from shared.contracts import FAILED, JOB_STATUSES, QUEUED, RUNNING, SUCCEEDED
+from shared.contracts import (
+    CANCELLED,
+    JOB_FINISHED,
+    JOB_RETRYABLE,
+    JOB_STATUSES,
+    QUEUED,
+    RUNNING,
+)
 from shared.paging import SortKey, equals_filter, page
 
 STATUSES = JOB_STATUSES
-FINISHED = (SUCCEEDED, FAILED)
+FINISHED = JOB_FINISHED
+RETRYABLE = JOB_RETRYABLE
 ROW = "job"
+
+
+class JobFinished(ValueError):
+    """The job has already reached a final state; it cannot be cancelled."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id!r} is already {status}")
+        self.status = status
 
 
 class JobNotFound(KeyError):
@@ -49,6 +66,10 @@ class Job:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_ms: int = 0
+    cancelled_by: str = ""
+    cancel_reason: str = ""
+    retry_of: str = ""
+    retried_by: str = ""
     etag: str = field(default="", repr=False)
 
     _MAP = {"job_id": "PartitionKey", "instance_id": "instanceId", "container": "container",
@@ -56,7 +77,8 @@ class Job:
             "step": "step", "attempts": "attempts", "vm": "vm", "bytes_in": "bytesIn",
             "bytes_out": "bytesOut", "output": "output", "error": "error",
             "created_at": "createdAt", "started_at": "startedAt", "finished_at": "finishedAt",
-            "duration_ms": "durationMs"}
+            "duration_ms": "durationMs", "cancelled_by": "cancelledBy",
+            "cancel_reason": "cancelReason", "retry_of": "retryOf", "retried_by": "retriedBy"}
 
     @classmethod
     def from_entity(cls, entity: Any) -> Job:
@@ -76,7 +98,11 @@ class Job:
                 "vm": self.vm or None, "bytesIn": self.bytes_in, "bytesOut": self.bytes_out,
                 "output": self.output or None, "error": self.error or None,
                 "createdAt": iso(self.created_at), "startedAt": iso(self.started_at),
-                "finishedAt": iso(self.finished_at), "durationMs": self.duration_ms}
+                "finishedAt": iso(self.finished_at), "durationMs": self.duration_ms,
+                "cancelled": {"by": self.cancelled_by, "at": iso(self.finished_at),
+                              "reason": self.cancel_reason or None}
+                if self.status == CANCELLED else None,
+                "retryOf": self.retry_of or None, "retriedBy": self.retried_by or None}
 
 
 class JobStore:
@@ -99,29 +125,54 @@ class JobStore:
 
     def record_queued(self, job_id: str, instance_id: str, container: str, blob: str,
                       actions: tuple[str, ...], run_id: str = "",
-                      now: datetime | None = None) -> Job:
+                      now: datetime | None = None, retry_of: str = "") -> Job:
         """Create the job row; a second call returns the existing row unchanged."""
         entity = {"PartitionKey": job_id, "RowKey": ROW, "instanceId": instance_id,
                   "container": container, "blob": blob, "status": QUEUED, "runId": run_id,
                   "actions": ",".join(actions), "step": 0, "attempts": 0,
-                  "createdAt": now or utcnow(), "bytesIn": 0, "bytesOut": 0}
+                  "createdAt": now or utcnow(), "bytesIn": 0, "bytesOut": 0,
+                  "retryOf": retry_of}
         try:
             self.table.create_entity(entity)
         except ResourceExistsError:
             pass
         return self.get(job_id)
 
-    def _update(self, job_id: str, changes: dict[str, Any], allow_finished: bool) -> Job:
+    def _update(self, job_id: str, changes: dict[str, Any] | Callable[[Job], dict[str, Any]],
+                allowed_from: tuple[str, ...] = (QUEUED, RUNNING), refuse: bool = False) -> Job:
+        """ETag-guarded merge of `changes` (or of what they compute from the row), made only
+        while the job is in `allowed_from`; otherwise the row is returned unchanged, or
+        `JobFinished` raised when `refuse`."""
         def attempt() -> Job:
             job = self.get(job_id)
-            if job.status in FINISHED and not allow_finished:
+            if job.status not in allowed_from:
+                if refuse:
+                    raise JobFinished(job_id, job.status)
                 return job
-            update_if_unchanged(self.table, {"PartitionKey": job_id, "RowKey": ROW, **changes},
+            values = changes(job) if callable(changes) else changes
+            update_if_unchanged(self.table, {"PartitionKey": job_id, "RowKey": ROW, **values},
                                 job.etag)
             return self.get(job_id)
 
         return retry_on_conflict(
             attempt, lambda: RuntimeError(f"job {job_id}: too much write contention"))
+
+    def cancel(self, job_id: str, by: str, reason: str = "",
+               now: datetime | None = None) -> Job:
+        """Queued or running -> cancelled, with who and when; `JobFinished` otherwise."""
+        def cancelled(job: Job) -> dict[str, Any]:
+            finished = now or utcnow()
+            started = job.started_at or job.created_at or finished
+            return {"status": CANCELLED, "finishedAt": finished, "cancelledBy": by[:200],
+                    "cancelReason": reason[:500], "error": f"cancelled by {by[:200]}",
+                    "durationMs": int((finished - started).total_seconds() * 1000)}
+
+        return self._update(job_id, cancelled, refuse=True)
+
+    def note_retry(self, job_id: str, retry_id: str) -> None:
+        """Link a failed or cancelled job to the job that runs it again."""
+        self.table.update_entity({"PartitionKey": job_id, "RowKey": ROW, "retriedBy": retry_id},
+                                 mode=UpdateMode.MERGE)
 
     def record_attempt(self, job_id: str, step: int, attempt: int,
                        now: datetime | None = None) -> Job:
@@ -131,7 +182,7 @@ class JobStore:
                                    "attempts": max(job.attempts, attempt)}
         if job.started_at is None:
             changes["startedAt"] = now or utcnow()
-        return self._update(job_id, changes, allow_finished=False)
+        return self._update(job_id, changes)
 
     def record_finished(self, job_id: str, status: str, *, vm: str = "", bytes_in: int = 0,
                         bytes_out: int = 0, output: str = "", error: str = "",
@@ -154,7 +205,7 @@ class JobStore:
             changes["bytesIn"] = bytes_in
         if bytes_out:
             changes["bytesOut"] = bytes_out
-        return self._update(job_id, changes, allow_finished=False)
+        return self._update(job_id, changes)
 
     def list(self, status: str | None = None, run_id: str | None = None,
              limit: int = 100) -> list[Job]:

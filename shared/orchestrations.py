@@ -15,6 +15,8 @@ import azure.durable_functions as df
 
 from shared.api import public_reason
 from shared.contracts import (
+    CANCEL_EVENT,
+    CANCELLED,
     CHANGE_STEP,
     COLLECT_DATA,
     COMPLETED,
@@ -23,10 +25,12 @@ from shared.contracts import (
     FINISH_JOB,
     ISSUE_WORK_ITEM,
     LIST_FILES,
+    PENDING,
     PROCESS_FILE,
     RECORD_CHANGE,
     RECORD_RUN,
     REQUEST_CAPACITY,
+    RUN_STATE,
     RUNNING,
     START_JOB,
     SUCCEEDED,
@@ -70,12 +74,20 @@ def process_file(context: df.DurableOrchestrationContext) -> Generator[Any, Any,
     outcome: JobOutcome = {"jobId": job["jobId"], "status": SUCCEEDED, "error": "",
                            "bytesIn": 0, "bytesOut": 0, "output": "", "vm": ""}
     started = False
+    # One task for the whole job: raced against every wait below, it ends the job early.
+    cancel = context.wait_for_external_event(CANCEL_EVENT)
     try:
         # Inside the error handling too: storage may be down when the job begins.
-        yield context.call_activity_with_retry(START_JOB, ACTIVITY_RETRY, job)
+        row = yield context.call_activity_with_retry(START_JOB, ACTIVITY_RETRY, job)
         started = True
         for step, action in enumerate(job["actions"]):
-            result = yield from _run_step(context, job, step, action, blob)
+            if (row or {}).get("status") == CANCELLED:
+                result = {"status": CANCELLED}
+            else:
+                result = yield from _run_step(context, job, step, action, blob, cancel)
+            if result.get("status") == CANCELLED:
+                outcome.update(status=CANCELLED, error=CANCELLED)
+                break
             if result.get("status") != SUCCEEDED:
                 outcome.update(status=FAILED, error=result.get("error") or "step failed",
                                vm=result.get("vm", ""))
@@ -129,9 +141,12 @@ def _request_capacity(context: df.DurableOrchestrationContext,
 
 
 def _run_step(context: df.DurableOrchestrationContext, job: FileJob, step: int,
-              action: str, blob: str) -> Generator[Any, Any, StepResult | dict]:
+              action: str, blob: str, cancel: Any) -> Generator[Any, Any, StepResult | dict]:
     error = ""
+    cancelled = {"status": "cancelled"}
     for attempt in range(1, int(job["maxAttempts"]) + 1):
+        if cancel.is_completed:
+            return cancelled
         context.set_custom_status({"state": "waiting", "step": step, "action": action,
                                    "attempt": attempt})
         request: WorkRequest = {"jobId": job["jobId"], "instanceId": context.instance_id,
@@ -139,11 +154,16 @@ def _run_step(context: df.DurableOrchestrationContext, job: FileJob, step: int,
                                 "attempt": attempt}
         issued: IssuedWork = yield context.call_activity_with_retry(
             ISSUE_WORK_ITEM, ACTIVITY_RETRY, request)
+        if issued.get("cancelled"):
+            return cancelled
         yield from _request_capacity(context, "work issued")
         deadline = context.current_utc_datetime + timedelta(seconds=int(job["timeoutS"]))
         done = context.wait_for_external_event(issued["eventName"])
         timer = context.create_timer(deadline)
-        winner = yield context.task_any([done, timer])
+        winner = yield context.task_any([done, timer, cancel])
+        if winner == cancel:
+            timer.cancel()
+            return cancelled
         if winner == done:
             if not timer.is_completed:
                 timer.cancel()
@@ -155,7 +175,10 @@ def _run_step(context: df.DurableOrchestrationContext, job: FileJob, step: int,
             error = f"step {step} ({action}) attempt {attempt} timed out"
         if attempt < int(job["maxAttempts"]):
             backoff = float(job["backoffS"]) * (2 ** (attempt - 1))
-            yield context.create_timer(context.current_utc_datetime + timedelta(seconds=backoff))
+            pause = context.create_timer(context.current_utc_datetime + timedelta(seconds=backoff))
+            if (yield context.task_any([pause, cancel])) == cancel:
+                pause.cancel()
+                return cancelled
     return {"status": FAILED, "error": error}
 
 
@@ -168,8 +191,9 @@ def process_run(context: df.DurableOrchestrationContext) -> Generator[Any, Any, 
             COLLECT_DATA if run.get("source") else LIST_FILES, ACTIVITY_RETRY, run)
         run = {**run, "files": files, "offset": 0, "startedAt":
                context.current_utc_datetime.isoformat(),
-               "summary": {"files": len(files), "succeeded": 0, "failed": 0, "bytesIn": 0,
-                           "bytesOut": 0}}
+               "summary": {"files": len(files), "succeeded": 0, "failed": 0, "cancelled": 0,
+                           "bytesIn": 0, "bytesOut": 0,
+                           **({"retryOf": run["retryOf"]} if run.get("retryOf") else {})}}
         yield context.call_activity_with_retry(RECORD_RUN, ACTIVITY_RETRY, {
             **run["summary"], "runId": run["runId"], "status": RUNNING,
             "startedAt": run["startedAt"]})
@@ -188,21 +212,31 @@ def process_run(context: df.DurableOrchestrationContext) -> Generator[Any, Any, 
             instance_id=instance_id))
     results = (yield context.task_all(tasks)) if tasks else []
     for result in results:
-        key = SUCCEEDED if result.get("status") == SUCCEEDED else FAILED
-        summary[key] += 1
+        key = result.get("status") if result.get("status") in (SUCCEEDED, CANCELLED) \
+            else FAILED
+        summary[key] = summary.get(key, 0) + 1
         summary["bytesIn"] += int(result.get("bytesIn") or 0)
         summary["bytesOut"] += int(result.get("bytesOut") or 0)
     offset += len(chunk)
-    if offset < len(files):
+    # A cancelled run starts no more chunks (the files of the chunk in hand, cancelled one by
+    # one, have just ended).
+    state = yield context.call_activity_with_retry(RUN_STATE, ACTIVITY_RETRY,
+                                                   {"runId": run["runId"]})
+    cancelled = bool(state.get("cancelled"))
+    if offset < len(files) and not cancelled:
         context.continue_as_new({**run, "offset": offset, "summary": summary})
         return {}
+    if cancelled:  # the files never started count as cancelled: the summary adds up
+        summary["cancelled"] = summary.get("cancelled", 0) + len(files) - offset
+        summary.update(cancelledAt=state["cancelled"]["at"], cancelledBy=state["cancelled"]["by"])
     finished = context.current_utc_datetime
     started = datetime.fromisoformat(run["startedAt"])  # parsing only; no clock is read
-    summary.update(runId=run["runId"], status=COMPLETED, startedAt=run["startedAt"],
-                   finishedAt=finished.isoformat(),
+    summary.update(runId=run["runId"], status=CANCELLED if cancelled else COMPLETED,
+                   startedAt=run["startedAt"], finishedAt=finished.isoformat(),
                    durationS=round((finished - started).total_seconds(), 3))
     yield context.call_activity_with_retry(RECORD_RUN, ACTIVITY_RETRY, summary)
-    context.set_custom_status({"state": "completed", "done": len(files), "files": len(files)})
+    context.set_custom_status({"state": summary["status"], "done": len(files),
+                               "files": len(files)})
     return summary
 
 
@@ -225,7 +259,12 @@ def pool_change(context: df.DurableOrchestrationContext) -> Generator[Any, Any, 
         context.set_custom_status({"status": change["status"], "progress": f"{done}/{len(steps)}",
                                    "steps": steps, "error": change["error"]})
 
+    # A cancel stops the change before its next step, or while it waits on a slow one; what
+    # the steps before did stays done.
+    cancel = context.wait_for_external_event(CANCEL_EVENT)
     for step in steps:
+        if cancel.is_completed:
+            break
         step["status"] = RUNNING
         publish()
         request: ChangeStepRequest = {"step": step, "spec": change.get("spec") or {},
@@ -233,9 +272,14 @@ def pool_change(context: df.DurableOrchestrationContext) -> Generator[Any, Any, 
         result = yield context.call_activity(CHANGE_STEP, request)
         while not result["done"]:
             wait = float(result.get("retryAfter") or CHANGE_POLL_SECONDS)
-            yield context.create_timer(context.current_utc_datetime + timedelta(seconds=wait))
+            pause = context.create_timer(context.current_utc_datetime + timedelta(seconds=wait))
+            if (yield context.task_any([pause, cancel])) == cancel:
+                pause.cancel()
+                break
             result = yield context.call_activity(
                 CHANGE_STEP, {**request, "operation": result.get("operation")})
+        if not result["done"]:
+            break  # cancelled while it waited
         if result.get("error"):
             step["status"] = FAILED
             change.update(status=FAILED, error=f"{step['vm']} {step['step']}: "
@@ -244,6 +288,12 @@ def pool_change(context: df.DurableOrchestrationContext) -> Generator[Any, Any, 
         step["status"] = DONE
     else:
         change["status"] = SUCCEEDED
+    if cancel.is_completed and change["status"] == RUNNING:
+        by = (cancel.result or {}).get("by", "api") if isinstance(cancel.result, dict) else "api"
+        for step in steps:
+            if step["status"] in (PENDING, RUNNING):
+                step["status"] = CANCELLED
+        change.update(status=CANCELLED, error=f"cancelled by {by}")
     publish()
     yield context.call_activity_with_retry(RECORD_CHANGE, ACTIVITY_RETRY, change)
     return change

@@ -18,8 +18,12 @@ from shared import telemetry
 from shared.clock import utcnow
 from shared.collectors import collect
 from shared.contracts import (
+    CANCELLED,
     FAILED,
-    SUCCEEDED,
+    JOB_FINISHED,
+    JOB_RETRYABLE,
+    QUEUED,
+    RUNNING,
     FileJob,
     IssuedWork,
     JobOutcome,
@@ -87,7 +91,11 @@ def collect_files(services: Services, run: RunInput) -> list[RunFile]:
 
 def start_job(services: Services, job: FileJob) -> dict[str, Any]:
     row = services.jobs.record_queued(job["jobId"], job["instanceId"], job["container"],
-                                      job["blob"], tuple(job["actions"]), job.get("runId", ""))
+                                      job["blob"], tuple(job["actions"]), job.get("runId", ""),
+                                      retry_of=job.get("retryOf", ""))
+    run_cancel = _run_cancel(services, row.run_id) if row.run_id else None
+    if run_cancel is not None and row.status in (QUEUED, RUNNING):
+        row = services.jobs.cancel(row.job_id, run_cancel["by"], "its run was cancelled")
     if row.attempts == 0:
         services.log.write("job.queued", f"{job['container']}/{job['blob']} queued",
                            job_id=job["jobId"], run_id=job.get("runId", ""))
@@ -99,9 +107,15 @@ def issue_work_item(services: Services, request: WorkRequest) -> IssuedWork:
     item = WorkItem(job_id=request["jobId"], instance_id=request["instanceId"],
                     step=request["step"], action=request["action"], blob=request["blob"],
                     attempt=request["attempt"]).signed(services.settings.callback_signing_key)
-    services.jobs.record_attempt(item.job_id, item.step, item.attempt)
+    job = services.jobs.record_attempt(item.job_id, item.step, item.attempt)
+    if job.status == CANCELLED:
+        return {"jobId": item.job_id, "cancelled": True}
     services.issued.record(item)
     services.work_queue.send_message(item.to_json())
+    if services.jobs.get(item.job_id).status == CANCELLED:
+        # Cancelled while this item was being issued: a cancel withdraws the items it can
+        # see, and this one it may have missed.
+        services.claims.withdraw(item.job_id, item.step_key)
     services.log.write("work.issued", f"step {item.step} ({item.action}) attempt {item.attempt}",
                        job_id=item.job_id, data={"blob": item.blob, "step": item.step,
                                                  "attempt": item.attempt, "action": item.action})
@@ -112,18 +126,19 @@ def issue_work_item(services: Services, request: WorkRequest) -> IssuedWork:
 def finish_job(services: Services, outcome: JobOutcome) -> dict[str, Any]:
     """Record the job's result, then archive or delete the original (or move it to failed/)."""
     s = services.settings
-    status = SUCCEEDED if outcome["status"] == SUCCEEDED else FAILED
+    status = outcome["status"] if outcome["status"] in JOB_FINISHED else FAILED
     job = services.jobs.get(outcome["jobId"])
-    repeat = job.status in (SUCCEEDED, FAILED)
+    repeat = job.status in JOB_FINISHED
     if repeat:
-        status = job.status  # a repeat of this step: the recorded outcome stands
+        status = job.status  # cancelled, or a repeat of this step: the recorded outcome stands
     container, name = job.container, job.blob
     source = services.blobs.get_blob_client(container, name)
     # Move the original first: the row says finished only once nothing is left to do.
-    if status == FAILED:
+    if status in JOB_RETRYABLE:  # kept in failed/ whatever KEEP_ORIGINALS says: it may be retried
         _copy_then_delete(services, source, s.failed_container, name)
         services.blobs.get_blob_client(s.failed_container, failed_error_name(name)).upload_blob(
-            json.dumps({"jobId": job.job_id, "error": outcome.get("error") or job.error,
+            json.dumps({"jobId": job.job_id, "status": status,
+                        "error": outcome.get("error") or job.error,
                         "attempts": job.attempts,
                         "at": utcnow().isoformat()}).encode(),
             overwrite=True)
@@ -150,6 +165,8 @@ def _copy_then_delete(services: Services, source: Any, container: str, name: str
     Streaming keeps memory flat for large inputs, and it needs no SAS or copy-source rights
     (a server-side copy would, with identity-based access).
     """
+    if source.container_name == container:
+        return  # a retry of a job whose original is already there
     try:
         props = source.get_blob_properties()
         stream = source.download_blob(etag=props.etag,
@@ -182,6 +199,19 @@ def record_run(services: Services, summary: RunSummary) -> RunSummary:
                        f"{summary.get('failed', 0)} failed", run_id=summary["runId"],
                        data=summary)
     return summary
+
+
+def _run_cancel(services: Services, run_id: str) -> dict[str, Any] | None:
+    """{"by", "at"} when the run was cancelled, else None."""
+    run = get_run(services, run_id)
+    if not run or not run.get("cancelledAt"):
+        return None
+    return {"by": run.get("cancelledBy") or "api", "at": run["cancelledAt"]}
+
+
+def run_state(services: Services, run_id: str) -> dict[str, Any]:
+    """What a run's orchestration asks before each chunk: has it been cancelled?"""
+    return {"cancelled": _run_cancel(services, run_id)}
 
 
 def _run_api(row: Any) -> dict[str, Any]:

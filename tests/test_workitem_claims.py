@@ -105,3 +105,27 @@ def test_abandon_stale_marks_only_silent_holders(claims: ClaimStore) -> None:
     assert [c.job_id for c in claims.active()] == ["job-2"]
     # the abandoned attempt is open to the next agent that receives its message
     assert claims.claim(ITEM, "vm03").vm == "vm03"
+
+
+def test_a_withdrawn_attempt_stops_its_holder_and_is_never_claimed_again(
+        claims: ClaimStore) -> None:
+    from shared.claims import WITHDRAWN, ClaimWithdrawn  # noqa: PLC0415
+
+    claims.claim(ITEM, "vm01")
+    assert claims.withdraw(ITEM.job_id, ITEM.step_key) == "claimed"
+    with pytest.raises(ClaimWithdrawn):
+        claims.heartbeat(ITEM, "vm01")
+    stale = utcnow() + timedelta(hours=1)  # not even a stale takeover revives it
+    with pytest.raises(AlreadyFinished):
+        claims.claim(ITEM, "vm02", now=stale)
+    assert claims.active() == [] and (ITEM.job_id, ITEM.step_key) in claims.withdrawn()
+    unclaimed = WorkItem(**{**ITEM.__dict__, "attempt": 2})
+    assert claims.withdraw(unclaimed.job_id, unclaimed.step_key) == ""
+    with pytest.raises(AlreadyFinished):
+        claims.claim(unclaimed, "vm01")
+    done = WorkItem(**{**ITEM.__dict__, "attempt": 3})
+    claims.claim(done, "vm01")
+    claims.finish(done.job_id, done.step_key, "vm01", DONE)
+    assert claims.withdraw(done.job_id, done.step_key) == DONE  # finished work stays finished
+    assert claims.get(done.job_id, done.step_key).state == DONE
+    assert claims.get(ITEM.job_id, ITEM.step_key).state == WITHDRAWN

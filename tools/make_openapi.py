@@ -144,6 +144,10 @@ def _query(name: str, values: list[str] | None = None) -> dict[str, Any]:
 
 def document() -> dict[str, Any]:
     job = {"$ref": "#/components/schemas/Job"}
+    cancel_body = {"required": False, "content": {"application/json": {"schema": _obj({
+        "reason": {"type": "string", "maxLength": 500},
+        "requestedBy": {"type": "string", "maxLength": 200,
+                        "description": "who cancels (the signed-in principal wins if any)"}})}}}
     path_param = lambda name, schema=INSTANCE_ID: {  # noqa: E731
         "name": name, "in": "path", "required": True, "schema": schema}
     paths: dict[str, Any] = {
@@ -232,6 +236,44 @@ def document() -> dict[str, Any]:
             "parameters": [path_param("change_id", {"type": "string",
                                                     "pattern": "^change-[0-9a-f]{16}$"})],
             "responses": {"200": _resp("Change", ANY), **_errors(401, 404)}}},
+        "/api/jobs/{job_id}/cancel": {"post": {
+            "operationId": "cancel_job_http",
+            "summary": "Cancel a queued or running job: its work item is withdrawn and a running "
+                       "action is stopped at the agent's next heartbeat",
+            "parameters": [path_param("job_id")], "requestBody": cancel_body,
+            "responses": {"202": _resp("Cancelled (the job as it reads now)", job),
+                          **_errors(400, 401, 404, 409, 413)}}},
+        "/api/jobs/{job_id}/retry": {"post": {
+            "operationId": "retry_job_http",
+            "summary": "Run a failed or cancelled job again from its original (in failed/ or "
+                       "archive/); a repeat returns the same new job",
+            "parameters": [path_param("job_id")],
+            "responses": {"202": _resp("Retry started", _obj({
+                "jobId": STR, "retryOf": STR, "blob": STR, "created": BOOL, "statusUrl": STR})),
+                **_errors(401, 404, 409)}}},
+        "/api/runs/{run_id}/cancel": {"post": {
+            "operationId": "cancel_run_http",
+            "summary": "Cancel a run: unfinished files are cancelled, no more start; the run "
+                       "records a partial summary (status cancelled)",
+            "parameters": [path_param("run_id")], "requestBody": cancel_body,
+            "responses": {"202": _resp("Cancelling", _obj({
+                "runId": STR, "status": STR, "cancelledBy": STR, "cancelledAt": STR,
+                "jobsCancelled": INT, "statusUrl": STR})), **_errors(400, 401, 404, 409, 413)}}},
+        "/api/runs/{run_id}/retry-failed": {"post": {
+            "operationId": "retry_failed_run_http",
+            "summary": "A new run over exactly the failed files of a finished run (summary "
+                       "field retryOf links it; the first run gets retriedBy)",
+            "parameters": [path_param("run_id")],
+            "responses": {"202": _resp("Retry run started", _obj({
+                "runId": STR, "retryOf": STR, "files": INT, "created": BOOL,
+                "statusUrl": STR})), **_errors(401, 404, 409)}}},
+        "/api/changes/{change_id}/cancel": {"post": {
+            "operationId": "cancel_change_http",
+            "summary": "Stop a pool change before its next step (steps done stay done)",
+            "parameters": [path_param("change_id")], "requestBody": cancel_body,
+            "responses": {"202": _resp("Cancelling", _obj({
+                "changeId": STR, "status": STR, "cancelledBy": STR, "statusUrl": STR})),
+                **_errors(400, 401, 404, 409, 413)}}},
         "/api/vms/{vm}/jobs/{job_id}/done": {"post": {
             "operationId": "vm_done_http",
             "summary": "A VM reports a finished step (token-checked; a repeat is a no-op)",
@@ -300,7 +342,12 @@ def document() -> dict[str, Any]:
                              "error": {"type": "string", "nullable": True},
                              "createdAt": STR, "startedAt": {"type": "string", "nullable": True},
                              "finishedAt": {"type": "string", "nullable": True},
-                             "durationMs": INT})}},
+                             "durationMs": INT,
+                             "cancelled": {"type": "object", "nullable": True, "properties": {
+                                 "by": STR, "at": STR,
+                                 "reason": {"type": "string", "nullable": True}}},
+                             "retryOf": {"type": "string", "nullable": True},
+                             "retriedBy": {"type": "string", "nullable": True}})}},
     }
 
 

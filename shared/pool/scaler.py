@@ -48,6 +48,7 @@ from shared.pool.registry import (
     VmRecord,
     VmState,
 )
+from shared.workitem import WorkItem, WorkItemError
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -169,7 +170,12 @@ class Scaler:
         count = int(props.approximate_message_count or 0)
         if count > self.PEEK_LIMIT:
             return count
-        return len(self.queue.peek_messages(max_messages=self.PEEK_LIMIT))
+        messages = self.queue.peek_messages(max_messages=self.PEEK_LIMIT)
+        if not messages:
+            return 0
+        # Items of cancelled jobs wait only to be dropped by the next agent: no VM for them.
+        withdrawn = self.claims.withdrawn()
+        return sum(1 for m in messages if _claim_key(m.content) not in withdrawn)
 
     def view(self, rec: VmRecord) -> policy.VmView:
         busy = min(rec.busy, rec.slots)
@@ -551,6 +557,14 @@ class Scaler:
             self.registry.transition(rec.name, rec.state, [rec.state], now=stamp,
                                      operation="", reason=f"{op.kind} failed: {error}")
         return False
+
+
+def _claim_key(content: Any) -> tuple[str, str] | None:
+    try:
+        item = WorkItem.from_json(content)
+    except WorkItemError:
+        return None
+    return item.job_id, item.step_key
 
 
 def _elapsed(since: datetime, now: datetime) -> float:

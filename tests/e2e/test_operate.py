@@ -1,4 +1,6 @@
 """Operating the work from the API, end to end: idempotent submits and paged lists."""
+from pathlib import Path
+
 import pytest
 
 
@@ -96,3 +98,122 @@ def test_runs_and_changes_are_idempotent_and_listed_in_pages(idle_app) -> None:
             break
     everything = [j["jobId"] for j in app.jobs()]
     assert len(ids) == len(set(ids)) and set(ids) >= {j for j in everything}
+
+
+def _summary(app, run_id: str, status: str) -> dict | None:
+    """The run's summary once it has `status`."""
+    summary = app.get(f"/api/runs/{run_id}").json()["summary"] or {}
+    return summary if summary.get("status") == status else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_a_job_cancelled_while_its_action_runs_stops_it_and_frees_the_vm(start_app,
+                                                                          tmp_path) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    app = start_app(POOL_MAX_RUNNING="1", E2E_SLOW_SECONDS="120", E2E_PID_DIR=str(pids))
+    job_id = app.post("/api/jobs", json={"blob": "long.json", "content": "slow"}).json()["jobId"]
+    pid = int(app.wait_for("the action to start", lambda: next(
+        (p.name for p in pids.iterdir()), None), timeout=120))
+    assert _alive(pid)
+    vm = app.wait_for("the job to run", lambda: app.get(f"/api/jobs/{job_id}").json()["vm"]
+                      or next((v["name"] for v in app.pool()["vms"] if v["busy"]), None))
+    assert app.services.registry.get(vm).busy == 1
+
+    cancelled = app.post(f"/api/jobs/{job_id}/cancel",
+                         json={"reason": "wrong file", "requestedBy": "operator-7"})
+    assert cancelled.status_code == 202, cancelled.text
+    job = app.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "cancelled"
+    assert job["cancelled"]["by"] == "operator-7" and job["cancelled"]["reason"] == "wrong file"
+    assert job["cancelled"]["at"]
+    app.wait_for("the action process to be killed", lambda: not _alive(pid), timeout=60)
+    app.wait_for("the slot to be released", lambda: app.services.registry.get(vm).busy == 0)
+    claims = app.services.claims.table.query_entities(f"PartitionKey eq '{job_id}'")
+    assert {c["state"] for c in claims} == {"withdrawn"}
+    app.wait_for("the orchestration to end", lambda: app.get(f"/api/jobs/{job_id}").json()
+                 ["orchestration"]["runtimeStatus"] == "Completed")
+    app.wait_for("the VM to deallocate after its cooldown",
+                 lambda: app.services.registry.get(vm).state.value == "deallocated", timeout=90)
+    assert app.services.work_queue.peek_messages(max_messages=32) == []
+    assert "long.json" in app.blob_names(app.services.settings.failed_container)
+    again = app.post(f"/api/jobs/{job_id}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "JobFinished"
+    assert app.post("/api/jobs/nope/cancel").status_code == 404
+    assert app.get(f"/api/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_a_run_cancelled_half_way_records_a_partial_summary(start_app) -> None:
+    app = start_app(POOL_MAX_RUNNING="1", E2E_SLOW_SECONDS="3")
+    names = [f"half/{i}.json" for i in range(6)]
+    for name in names:  # uploaded with a run id: the blob trigger leaves them to the run
+        app.upload(name, b"slow", metadata={"run_id": "manual"})
+    run_id = app.post("/api/runs", json={"blobs": names}).json()["runId"]
+    app.wait_for("a first finished file", lambda: any(
+        j["status"] == "succeeded" for j in app.jobs(runId=run_id)), timeout=180)
+    response = app.post(f"/api/runs/{run_id}/cancel", json={"requestedBy": "ops"})
+    assert response.status_code == 202, response.text
+
+    done = app.wait_for("the run's partial summary", lambda: _summary(app, run_id, "cancelled"),
+                        timeout=120)
+    assert done["files"] == 6 and done["succeeded"] >= 1 and done["cancelled"] >= 1
+    assert done["succeeded"] + done["failed"] + done["cancelled"] == 6
+    assert done["cancelledBy"] == "ops"
+    jobs = app.jobs(runId=run_id)
+    assert all(j["status"] in ("succeeded", "cancelled") for j in jobs)
+    assert sum(j["status"] == "succeeded" for j in jobs) == done["succeeded"]
+    assert app.post(f"/api/runs/{run_id}/cancel").status_code == 409
+    assert app.post("/api/runs/no-such-run/cancel").status_code == 404
+
+
+def test_failed_work_is_retried_once_the_action_is_fixed(start_app, tmp_path) -> None:
+    fix = tmp_path / "fixed"
+    app = start_app(MAX_ATTEMPTS="1", E2E_FIX_FILE=str(fix))
+    failed_container = app.services.settings.failed_container
+    job_id = app.post("/api/jobs", json={"blob": "broken.json", "content": "fail"}).json()["jobId"]
+    app.wait_for("the job to fail", lambda: app.get(f"/api/jobs/{job_id}").json().get("status")
+                 == "failed", timeout=120)
+    app.wait_for("the original in failed/", lambda: "broken.json" in app.blob_names(
+        failed_container))
+    for name in ("a", "b", "c", "d"):
+        app.upload(f"mix/{name}.json", b"fail" if name in "bd" else b"fine",
+                   metadata={"run_id": "manual"})
+    run_id = app.post("/api/runs", json={"prefix": "mix/"}).json()["runId"]
+    first = app.wait_for("the run to complete", lambda: _summary(app, run_id, "completed"),
+                         timeout=180)
+    assert (first["succeeded"], first["failed"]) == (2, 2)
+
+    fix.write_text("")  # the action is fixed
+    retried = app.post(f"/api/jobs/{job_id}/retry")
+    assert retried.status_code == 202, retried.text
+    new_id = retried.json()["jobId"]
+    assert new_id != job_id and retried.json()["retryOf"] == job_id
+    assert app.post(f"/api/jobs/{job_id}/retry").json()["jobId"] == new_id  # a repeat: same job
+    app.wait_for("the retry to succeed", lambda: app.get(f"/api/jobs/{new_id}").json().get("status")
+                 == "succeeded", timeout=120)
+    assert app.get(f"/api/jobs/{new_id}").json()["retryOf"] == job_id
+    assert app.get(f"/api/jobs/{job_id}").json()["retriedBy"] == new_id
+    assert "broken.json" in app.blob_names(app.services.settings.archive_container)
+    again = app.post(f"/api/jobs/{new_id}/retry")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "NotRetryable"
+
+    response = app.post(f"/api/runs/{run_id}/retry-failed")
+    assert response.status_code == 202, response.text
+    second_id = response.json()["runId"]
+    assert response.json()["files"] == 2 and response.json()["retryOf"] == run_id
+    second = app.wait_for("the retry run", lambda: _summary(app, second_id, "completed"),
+                          timeout=180)
+    assert (second["files"], second["succeeded"], second["failed"]) == (2, 2, 0)
+    assert second["retryOf"] == run_id
+    rerun = sorted(j["blob"].split("/", 1)[1] for j in app.jobs(runId=second_id))
+    assert rerun == ["mix/b.json", "mix/d.json"]  # exactly the failed files, nothing else
+    assert app.get(f"/api/runs/{run_id}").json()["summary"]["retriedBy"] == second_id
+    nothing = app.post(f"/api/runs/{second_id}/retry-failed")
+    assert nothing.status_code == 409 and nothing.json()["error"]["code"] == "NothingToRetry"

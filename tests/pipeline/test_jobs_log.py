@@ -3,8 +3,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from shared.contracts import FAILED, QUEUED, RUNNING, SUCCEEDED
 from shared.eventlog import EventLog
-from shared.jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, JobNotFound, JobStore
+from shared.jobs import JobNotFound, JobStore
 from shared.settings import Settings
 from shared.storage import StorageConnection, ensure_resources
 
