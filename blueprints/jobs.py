@@ -74,7 +74,8 @@ async def get_job_http(req: func.HttpRequest,
         job = get_services().jobs.get(job_id)
     except JobNotFound:
         raise not_found(f"job '{job_id[:100]}' does not exist") from None
-    return json_response({**job.to_api(), "orchestration": await instance_status(client, job_id)})
+    return json_response({**job.to_api(), "orchestration": await instance_status(client, job_id),
+                          "deliveries": get_services().deliveries.for_resource(job_id)})
 
 
 @bp.route(route="jobs", methods=["GET"])
@@ -130,7 +131,8 @@ async def get_run_http(req: func.HttpRequest,
     summary = get_run(get_services(), run_id)
     if orchestration is None and summary is None:
         raise not_found(f"run '{run_id[:100]}' does not exist")
-    return json_response({"runId": run_id, "orchestration": orchestration, "summary": summary})
+    return json_response({"runId": run_id, "orchestration": orchestration, "summary": summary,
+                          "deliveries": get_services().deliveries.for_resource(run_id)})
 
 
 def _cancel_request(req: func.HttpRequest) -> tuple[str, str]:

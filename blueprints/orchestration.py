@@ -6,7 +6,7 @@ registered under its name from `shared.contracts`, the same constant its callers
 """
 import azure.durable_functions as df
 
-from shared import contracts, orchestrations, pipeline
+from shared import contracts, orchestrations, pipeline, webhooks
 from shared.capacity import request_capacity
 from shared.services import get_services
 
@@ -66,6 +66,13 @@ def list_files(run: dict) -> list:
 @bp.activity_trigger(input_name="run")
 def run_state(run: dict) -> dict:
     return pipeline.run_state(get_services(), run["runId"])
+
+
+@bp.function_name(contracts.DELIVER_WEBHOOK)
+@bp.activity_trigger(input_name="request")
+def deliver_webhook(request: dict) -> dict:
+    services = get_services()
+    return webhooks.deliver(services.webhook_policy, services.deliveries, request)
 
 
 @bp.function_name(contracts.RECORD_RUN)

@@ -98,7 +98,8 @@ async def get_change_http(req: func.HttpRequest,
         raise not_found(f"change '{change_id}' does not exist")
     return json_response({"changeId": change_id, "runtimeStatus": status["runtimeStatus"],
                           **(status["customStatus"] or {}), "input": status["input"],
-                          "output": status["output"]})
+                          "output": status["output"],
+                          "deliveries": get_services().deliveries.for_resource(change_id)})
 
 
 @bp.route(route="changes/{change_id}/cancel", methods=["POST"])

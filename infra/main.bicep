@@ -131,6 +131,7 @@ var names = {
   changeTable: 'tblchange'
   claimTable: 'tblclaim'
   idempotencyTable: 'tblidem'
+  webhookTable: 'tblhook'
 }
 var vmNames = [for i in range(1, poolVmCount): 'vm${padLeft(i, 2, '0')}']
 var spotVmNames = [for i in range(1, poolSpotVmCount): 'spot${padLeft(i, 2, '0')}']
@@ -192,6 +193,7 @@ module storage 'core/storage/storage-account.bicep' = {
       names.changeTable
       names.claimTable
       names.idempotencyTable
+      names.webhookTable
     ]
     eventGridTopicName: '${abbrs.eventGridSystemTopics}${resourceToken}'
   }
@@ -311,6 +313,13 @@ var appSettings = union({
   CLAIM_TABLE: names.claimTable
   IDEMPOTENCY_TABLE: names.idempotencyTable
   IDEMPOTENCY_RETENTION_SECONDS: '86400'
+  WEBHOOK_TABLE: names.webhookTable
+  // Empty: requests with a callbackUrl are refused. To turn webhooks on, store a key in Key
+  // Vault and set a @Microsoft.KeyVault(SecretUri=...) reference here (see docs/webhooks.md).
+  WEBHOOK_SIGNING_KEY: ''
+  WEBHOOK_ALLOW_HOSTS: ''
+  WEBHOOK_MAX_ATTEMPTS: '5'
+  WEBHOOK_BACKOFF_SECONDS: '10'
   POOL_BACKEND: 'azure'
   POOL_VMS: poolVmCount == 1 ? 'vm01' : 'vm01..${last(vmNames)}'
   POOL_MAX_RUNNING: string(poolVmCount + poolSpotVmCount)

@@ -44,6 +44,7 @@ from shared.pool.backends.base import (
 from shared.pool.registry import RegistryError, UnknownVm, VmState
 from shared.pool.scaler import Scaler
 from shared.services import Services
+from shared.webhooks import callback_url, webhook_input
 
 MAX_VMS_PER_CHANGE = 100
 THROTTLED_RETRY_S = 30.0  # when a throttled backend names no time to wait
@@ -65,14 +66,18 @@ class ChangeRequest:
     change_type: str
     vms: tuple[str, ...]
     spec: dict[str, Any]
+    webhook: dict[str, Any] | None = None
 
     def steps(self) -> list[ChangeStep]:
         return [{"vm": vm, "step": step, "status": PENDING}
                 for vm in self.vms for step in PLANS[self.change_type]]
 
     def to_input(self) -> ChangeInput:
-        return {"changeId": self.change_id, "changeType": self.change_type,
-                "vms": list(self.vms), "spec": self.spec, "steps": self.steps()}
+        out: ChangeInput = {"changeId": self.change_id, "changeType": self.change_type,
+                            "vms": list(self.vms), "spec": self.spec, "steps": self.steps()}
+        if self.webhook:
+            out["webhook"] = self.webhook  # type: ignore[typeddict-unknown-key]
+        return out
 
 
 def parse_change(services: Services, data: dict[str, Any],
@@ -118,8 +123,9 @@ def parse_change(services: Services, data: dict[str, Any],
             raise not_found(f"VM '{vm}' is not a member of the pool")
     if change_type == "pool.add" and services.settings.pool_backend == "external":
         raise ApiError(409, "NotSupported", "the external backend provisions nothing")
+    policy = services.webhook_policy
     return ChangeRequest(change_id or f"change-{uuid.uuid4().hex[:16]}", change_type,
-                         tuple(vms), spec)
+                         tuple(vms), spec, webhook_input(policy, callback_url(policy, data)))
 
 
 _CHANGE_ID = re.compile(r"^change-[0-9a-f]{16}$")

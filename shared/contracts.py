@@ -35,8 +35,9 @@ RECORD_RUN = "record_run_activity"
 CHANGE_STEP = "change_step_activity"
 RECORD_CHANGE = "record_change_activity"
 RUN_STATE = "run_state_activity"          # has the run been cancelled?
+DELIVER_WEBHOOK = "deliver_webhook_activity"  # one attempt at a callbackUrl
 ACTIVITIES = (START_JOB, ISSUE_WORK_ITEM, FINISH_JOB, REQUEST_CAPACITY, COLLECT_DATA,
-              LIST_FILES, RECORD_RUN, CHANGE_STEP, RECORD_CHANGE, RUN_STATE)
+              LIST_FILES, RECORD_RUN, CHANGE_STEP, RECORD_CHANGE, RUN_STATE, DELIVER_WEBHOOK)
 
 # --- external events ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from shared.contracts import (
     CHANGE_STEP,
     COLLECT_DATA,
     COMPLETED,
+    DELIVER_WEBHOOK,
     DONE,
     FAILED,
     FINISH_JOB,
@@ -101,6 +102,9 @@ def process_file(context: df.DurableOrchestrationContext) -> Generator[Any, Any,
         outcome.update(status=FAILED, error=f"pipeline error: {public_reason(exc)}")
     recorded = yield from _record(context, job, outcome, started)
     yield from _request_capacity(context, "job finished")
+    yield from notify(context, job.get("webhook"),
+                      f"job.{recorded.get('status') or outcome['status']}", job["jobId"],
+                      recorded or dict(outcome))
     return {**outcome, "durationMs": recorded.get("durationMs", 0)}
 
 
@@ -129,6 +133,29 @@ def _record(context: df.DurableOrchestrationContext, job: FileJob, outcome: JobO
             yield context.create_timer(context.current_utc_datetime + timedelta(seconds=wait))
     context.set_custom_status({"state": "unrecorded", "status": outcome["status"]})
     return {}
+
+
+def notify(context: df.DurableOrchestrationContext, webhook: dict[str, Any] | None, event: str,
+           resource_id: str, resource: dict[str, Any]) -> Generator[Any, Any, bool]:
+    """Deliver a final state to the caller's callbackUrl: one attempt per activity call, a
+    durable timer doubling the pause between attempts. A receiver that never takes it does not
+    fail the work; every attempt is on record."""
+    if not webhook:
+        return False
+    request = {"resourceId": resource_id, "event": event, "url": webhook["url"],
+               "deliveryId": f"{resource_id}.{event}", "resource": resource}
+    attempts = int(webhook["maxAttempts"])
+    for attempt in range(1, attempts + 1):
+        try:
+            result = yield context.call_activity(DELIVER_WEBHOOK, {**request, "attempt": attempt})
+        except Exception:  # noqa: BLE001 - the activity itself failed: count it as an attempt
+            result = {"delivered": False, "retry": True}
+        if result.get("delivered") or not result.get("retry"):
+            return bool(result.get("delivered"))
+        if attempt < attempts:
+            pause = float(webhook["backoffS"]) * 2 ** (attempt - 1)
+            yield context.create_timer(context.current_utc_datetime + timedelta(seconds=pause))
+    return False
 
 
 def _request_capacity(context: df.DurableOrchestrationContext,
@@ -235,6 +262,8 @@ def process_run(context: df.DurableOrchestrationContext) -> Generator[Any, Any, 
                    startedAt=run["startedAt"], finishedAt=finished.isoformat(),
                    durationS=round((finished - started).total_seconds(), 3))
     yield context.call_activity_with_retry(RECORD_RUN, ACTIVITY_RETRY, summary)
+    yield from notify(context, run.get("webhook"), f"run.{summary['status']}", run["runId"],
+                      summary)
     context.set_custom_status({"state": summary["status"], "done": len(files),
                                "files": len(files)})
     return summary
@@ -296,4 +325,7 @@ def pool_change(context: df.DurableOrchestrationContext) -> Generator[Any, Any, 
         change.update(status=CANCELLED, error=f"cancelled by {by}")
     publish()
     yield context.call_activity_with_retry(RECORD_CHANGE, ACTIVITY_RETRY, change)
+    yield from notify(context, change.get("webhook"), f"change.{change['status']}",
+                      change["changeId"],
+                      {k: v for k, v in change.items() if k not in ("webhook", "spec")})
     return change

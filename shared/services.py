@@ -29,6 +29,7 @@ from shared.pool.registry import PoolRegistry
 from shared.pool.scaler import Scaler, sync_members
 from shared.settings import Settings
 from shared.storage import StorageConnection, ensure_resources
+from shared.webhooks import Deliveries, WebhookPolicy
 
 log = logging.getLogger(__name__)
 ARRIVAL_WINDOW_S = 600.0  # the policy's arrival-rate window
@@ -83,6 +84,16 @@ class Services:
         return IdempotencyStore(
             self.table(self.settings.idempotency_table),
             timedelta(seconds=self.settings.idempotency_retention_seconds))
+
+    @cached_property
+    def webhook_policy(self) -> WebhookPolicy:
+        s = self.settings
+        return WebhookPolicy(s.webhook_signing_key, s.webhook_allow_hosts,
+                             s.webhook_max_attempts, s.webhook_backoff_seconds)
+
+    @cached_property
+    def deliveries(self) -> Deliveries:
+        return Deliveries(self.table(self.settings.webhook_table))
 
     @cached_property
     def registry(self) -> PoolRegistry:

@@ -114,6 +114,11 @@ def parse_json_object(raw: str) -> str:
     return text
 
 
+def parse_list(raw: str) -> tuple[str, ...]:
+    """A comma list; empty means none."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 def parse_text(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -168,6 +173,14 @@ class Settings:
     idempotency_table: str = _setting("IDEMPOTENCY_TABLE", parse_table_name, "tblidem")
     idempotency_retention_seconds: int = _setting(
         "IDEMPOTENCY_RETENTION_SECONDS", parse_int_range(60, 30 * 86400), "86400")
+    webhook_table: str = _setting("WEBHOOK_TABLE", parse_table_name, "tblhook")
+    # webhooks: the HMAC key (empty = callbackUrl refused), hosts exempt from the https and
+    # public-address rules (local use only), attempts and the first pause between them
+    webhook_signing_key: str = _setting("WEBHOOK_SIGNING_KEY", str, "", secret=True)
+    webhook_allow_hosts: tuple[str, ...] = _setting("WEBHOOK_ALLOW_HOSTS", parse_list, "")
+    webhook_max_attempts: int = _setting("WEBHOOK_MAX_ATTEMPTS", parse_int_range(1, 20), "5")
+    webhook_backoff_seconds: float = _setting(
+        "WEBHOOK_BACKOFF_SECONDS", parse_float_range(0.1, 3600), "10")
 
     pool_backend: str = _setting("POOL_BACKEND", _choice("local", "azure", "external"), "local")
     pool_vms: str = _setting("POOL_VMS", parse_text, "vm01..vm03")
@@ -266,7 +279,8 @@ class Settings:
 
     def tables(self) -> tuple[str, ...]:
         return (self.vm_table, self.log_table, self.result_table, self.run_table,
-                self.change_table, self.claim_table, self.idempotency_table)
+                self.change_table, self.claim_table, self.idempotency_table,
+                self.webhook_table)
 
 
 def _read(setting: Field, source: Mapping[str, str]) -> Any:

@@ -24,6 +24,7 @@ from shared.naming import (
 )
 from shared.pipeline import BlobMissing, describe_blob
 from shared.services import Services
+from shared.webhooks import callback_url, webhook_input
 
 MAX_RUN_BLOBS = 10_000
 MAX_RUN_ID = 80
@@ -85,6 +86,8 @@ def submit_job(services: Services, data: dict[str, Any]) -> JobSubmission:
     """`POST /api/jobs`: upload the content first when given; the blob must then exist."""
     s = services.settings
     name = _blob_name(services, field(data, "blob", str), "blob")
+    webhook = webhook_input(services.webhook_policy,
+                            callback_url(services.webhook_policy, data))
     payload = _content(data)
     if payload is not None:
         services.blobs.get_blob_client(s.data_container, name).upload_blob(payload,
@@ -93,8 +96,10 @@ def submit_job(services: Services, data: dict[str, Any]) -> JobSubmission:
         ref = describe_blob(services, s.data_container, name)
     except BlobMissing:
         raise not_found(f"blob '{s.data_container}/{name}' does not exist") from None
-    return JobSubmission(s.data_container, name, ref.instance_id,
-                         file_job_input(s, s.data_container, name, ref.instance_id))
+    job = file_job_input(s, s.data_container, name, ref.instance_id)
+    if webhook:
+        job["webhook"] = webhook  # type: ignore[typeddict-unknown-key]
+    return JobSubmission(s.data_container, name, ref.instance_id, job)
 
 
 def submit_run(services: Services, data: dict[str, Any], key: str | None = None) -> RunInput:
@@ -124,4 +129,9 @@ def submit_run(services: Services, data: dict[str, Any], key: str | None = None)
         run_id = f"{RESERVED_RUN_PREFIX}api-{derived_id('runs', key)}"
     else:
         run_id = f"{RESERVED_RUN_PREFIX}api-{uuid.uuid4().hex[:16]}"
-    return run_input(services.settings, run_id, prefix=prefix, names=names)
+    webhook = webhook_input(services.webhook_policy,
+                            callback_url(services.webhook_policy, data))
+    run = run_input(services.settings, run_id, prefix=prefix, names=names)
+    if webhook:
+        run["webhook"] = webhook  # type: ignore[typeddict-unknown-key]
+    return run

@@ -40,6 +40,7 @@ def storage_env(azurite: Azurite) -> dict[str, str]:
         "CHANGE_TABLE": f"tblchange{suffix}",
         "CLAIM_TABLE": f"tblclaim{suffix}",
         "IDEMPOTENCY_TABLE": f"tblidem{suffix}",
+        "WEBHOOK_TABLE": f"tblhook{suffix}",
     }
 
 

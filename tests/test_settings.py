@@ -16,7 +16,7 @@ def test_defaults_are_typed() -> None:
     assert s.keep_originals is True
     assert s.pipeline_actions == ("process",)
     assert s.tables() == ("tblvm", "tbllog", "tblresult", "tblrun", "tblchange",
-                         "tblclaim", "tblidem")
+                         "tblclaim", "tblidem", "tblhook")
     assert s.queues() == ("work", "work-poison")
 
 

@@ -120,6 +120,12 @@ IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:~-]{1,200}$"}}
 REQUEST_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:~-]{1,200}$", "nullable": True,
               "description": "idempotency key (alternative to the Idempotency-Key header)"}
+CALLBACK_URL = {"type": "string", "format": "uri", "maxLength": 2000,
+                "description": "https URL to POST a signed summary to on the final state "
+                               "(see docs/webhooks.md); private and loopback addresses are "
+                               "refused"}
+DELIVERIES = {"type": "array", "description": "webhook attempts, oldest first",
+              "items": {"$ref": "#/components/schemas/Delivery"}}
 TOKEN = {"type": "string", "nullable": True,
          "description": "pass as `continuationToken` for the next page; null on the last"}
 
@@ -167,7 +173,7 @@ def document() -> dict[str, Any]:
                          **_obj({"blob": SOURCE_NAME, "content": NULLABLE_STR,
                                  "contentBase64": {"type": "string", "format": "byte",
                                                    "nullable": True},
-                                 "requestId": REQUEST_ID},
+                                 "requestId": REQUEST_ID, "callbackUrl": CALLBACK_URL},
                                 ["blob"]),
                          # not both given (null counts as not given)
                          "not": {"required": ["content", "contentBase64"],
@@ -183,7 +189,10 @@ def document() -> dict[str, Any]:
         "/api/jobs/{job_id}": {"get": {
             "operationId": "get_job_http", "summary": "One job with its orchestration status",
             "parameters": [path_param("job_id")],
-            "responses": {"200": _resp("Job", job), **_errors(400, 401, 404)}}},
+            "responses": {"200": _resp("Job", {"allOf": [job, _obj({
+                "orchestration": {"type": "object", "nullable": True,
+                                  "additionalProperties": True},
+                "deliveries": DELIVERIES})]}), **_errors(400, 401, 404)}}},
         "/api/runs": {"post": {
             "operationId": "start_run_http",
             "summary": "Run over existing blobs: exactly one of prefix or blobs",
@@ -192,7 +201,8 @@ def document() -> dict[str, Any]:
                 **_obj({"prefix": PREFIX,
                         "blobs": {"type": "array", "items": SOURCE_NAME, "minItems": 1,
                                   "maxItems": 10_000},
-                        "runId": {**RUN_ID, "nullable": True}, "requestId": REQUEST_ID}),
+                        "runId": {**RUN_ID, "nullable": True}, "requestId": REQUEST_ID,
+                        "callbackUrl": CALLBACK_URL}),
                 "oneOf": [{"required": ["prefix"]}, {"required": ["blobs"]}]}),
             "responses": {"202": _resp("Run started", _obj({"runId": STR, "statusUrl": STR})),
                           **_errors(400, 401, 409, 413)}},
@@ -203,7 +213,14 @@ def document() -> dict[str, Any]:
         "/api/runs/{run_id}": {"get": {
             "operationId": "get_run_http", "summary": "Run progress and summary",
             "parameters": [path_param("run_id")],
-            "responses": {"200": _resp("Run", ANY), **_errors(400, 401, 404)}}},
+            "responses": {"200": _resp("Run", _obj({
+                "runId": STR, "orchestration": {"type": "object", "nullable": True,
+                                                "additionalProperties": True},
+                "summary": {"type": "object", "nullable": True, "additionalProperties": True,
+                            "description": "files, succeeded, failed, cancelled, bytesIn, "
+                                           "bytesOut, status, startedAt, finishedAt, "
+                                           "cancelledBy, retryOf, retriedBy"},
+                "deliveries": DELIVERIES})), **_errors(400, 401, 404)}}},
         "/api/pool": {"get": {
             "operationId": "pool_status_http",
             "summary": "VMs, their states, ephemeral workers (pods) and the backlog",
@@ -222,7 +239,7 @@ def document() -> dict[str, Any]:
                               "slots": {"type": "integer", "minimum": 1,
                                         "maximum": MAX_SLOTS, "nullable": True}})
                 | {"additionalProperties": False, "nullable": True},
-                "requestId": REQUEST_ID}, ["changeType", "vms"])),
+                "requestId": REQUEST_ID, "callbackUrl": CALLBACK_URL}, ["changeType", "vms"])),
             "responses": {"202": _resp("Change accepted", _obj({"changeId": STR,
                                                                  "statusUrl": STR})),
                           **_errors(400, 401, 404, 409, 413)}},
@@ -235,7 +252,10 @@ def document() -> dict[str, Any]:
             "operationId": "get_change_http", "summary": "Steps and progress of a change",
             "parameters": [path_param("change_id", {"type": "string",
                                                     "pattern": "^change-[0-9a-f]{16}$"})],
-            "responses": {"200": _resp("Change", ANY), **_errors(401, 404)}}},
+            "responses": {"200": _resp("Change", {"type": "object",
+                                               "additionalProperties": True,
+                                               "properties": {"deliveries": DELIVERIES}}),
+                          **_errors(401, 404)}}},
         "/api/jobs/{job_id}/cancel": {"post": {
             "operationId": "cancel_job_http",
             "summary": "Cancel a queued or running job: its work item is withdrawn and a running "
@@ -331,6 +351,11 @@ def document() -> dict[str, Any]:
                 "functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
                 "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code"}},
             "schemas": {
+                "Delivery": _obj({
+                    "deliveryId": STR, "attempt": INT, "event": STR, "url": STR, "at": STR,
+                    "status": {"type": "integer", "nullable": True},
+                    "error": {"type": "string", "nullable": True}, "delivered": BOOL,
+                    "durationMs": INT}),
                 "Error": _obj({"error": _obj({"code": STR, "message": STR}, ["code", "message"])},
                               ["error"]),
                 "Job": _obj({"jobId": STR, "instanceId": STR, "blob": STR, "status": STR,

@@ -79,6 +79,7 @@ def app_env(azurite: Azurite, tmp_path: Path, **overrides: str) -> dict[str, str
         "LOG_TABLE": f"tbllog{suffix}", "RESULT_TABLE": f"tblresult{suffix}",
         "RUN_TABLE": f"tblrun{suffix}", "CHANGE_TABLE": f"tblchange{suffix}",
         "CLAIM_TABLE": f"tblclaim{suffix}", "IDEMPOTENCY_TABLE": f"tblidem{suffix}",
+        "WEBHOOK_TABLE": f"tblhook{suffix}",
         "CALLBACK_SIGNING_KEY": "e2e-signing-key",
         "POOL_BACKEND": "local", "POOL_VMS": "vm01..vm03", "POOL_MAX_RUNNING": "3",
         "VM_SLOTS": "1", "BOOT_TIMEOUT_SECONDS": "15", "IDLE_COOLDOWN_SECONDS": "3",

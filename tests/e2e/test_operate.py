@@ -1,4 +1,9 @@
 """Operating the work from the API, end to end: idempotent submits and paged lists."""
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -217,3 +222,106 @@ def test_failed_work_is_retried_once_the_action_is_fixed(start_app, tmp_path) ->
     assert app.get(f"/api/runs/{run_id}").json()["summary"]["retriedBy"] == second_id
     nothing = app.post(f"/api/runs/{second_id}/retry-failed")
     assert nothing.status_code == 409 and nothing.json()["error"]["code"] == "NothingToRetry"
+
+
+class _Receiver:
+    """A webhook receiver on loopback: records every request; paths under /flaky/ answer 500
+    twice, then 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver.lock:
+                    receiver.requests.append((self.path, dict(self.headers), body))
+                    seen = sum(1 for p, _, _ in receiver.requests if p == self.path)
+                failing = self.path.startswith("/flaky/") and seen <= 2
+                self.send_response(500 if failing else 200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def at(self, path: str) -> list[tuple[str, dict[str, str], bytes]]:
+        with self.lock:
+            return [r for r in self.requests if r[0] == path]
+
+
+def _documented_verify():
+    """The verification recipe exactly as docs/webhooks.md gives it."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "webhooks.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/webhooks.md", "exec"), namespace)  # noqa: S102 - our own docs
+    return namespace["verify"]
+
+
+def test_webhooks_are_signed_retried_and_refused_for_private_addresses(start_app) -> None:
+    receiver = _Receiver()
+    key = "e2e-webhook-key"
+    app = start_app(WEBHOOK_SIGNING_KEY=key, WEBHOOK_ALLOW_HOSTS="127.0.0.1",
+                    WEBHOOK_BACKOFF_SECONDS="1", WEBHOOK_MAX_ATTEMPTS="4")
+    verify = _documented_verify()
+    for url in ("https://10.0.0.7/hook", "https://169.254.169.254/latest", "https://[::1]/x",
+                "https://192.168.1.1/x", "ftp://127.0.0.1/x", "https://user:pw@127.0.0.1/x",
+                "not a url", "http://[::ffff:10.0.0.1]/x"):
+        refused = app.post("/api/jobs", json={"blob": "hook.json", "content": "{}",
+                                              "callbackUrl": url})
+        assert refused.status_code == 400, (url, refused.text)
+        assert refused.json()["error"]["code"] == "InvalidCallbackUrl", url
+    assert app.post("/api/changes", json={"changeType": "pool.start", "vms": ["vm03"],
+                                          "callbackUrl": "https://10.1.1.1/"}).status_code == 400
+    assert app.jobs() == [] and "hook.json" not in app.blob_names(
+        app.services.settings.data_container)  # a refused request uploaded nothing
+
+    ok = app.post("/api/jobs", json={"blob": "hook.json", "content": "{}",
+                                     "callbackUrl": f"{receiver.url}/ok/job"}).json()["jobId"]
+    flaky = app.post("/api/jobs", json={"blob": "flaky.json", "content": "{}",
+                                        "callbackUrl": f"{receiver.url}/flaky/job"}
+                     ).json()["jobId"]
+    app.upload("hooked/a.json", b"{}", metadata={"run_id": "manual"})
+    run_id = app.post("/api/runs", json={"prefix": "hooked/",
+                                         "callbackUrl": f"{receiver.url}/ok/run"}).json()["runId"]
+    change_id = app.post("/api/changes", json={"changeType": "pool.stop", "vms": ["vm03"],
+                                               "callbackUrl": f"{receiver.url}/ok/change"}
+                         ).json()["changeId"]
+    app.wait_for("the flaky receiver's third attempt",
+                 lambda: [r for r in receiver.at("/flaky/job") if b'"succeeded"' in r[2]][2:],
+                 timeout=180)
+    for path, event, resource_id in (("/ok/job", "job.succeeded", ok),
+                                     ("/ok/run", "run.completed", run_id),
+                                     ("/ok/change", "change.succeeded", change_id)):
+        app.wait_for(f"the {event} delivery", lambda p=path: receiver.at(p), timeout=180)
+        time.sleep(1)
+        (request,) = receiver.at(path)  # exactly one delivery per final state
+        _, headers, body = request
+        headers = {k.lower(): v for k, v in headers.items()}
+        assert verify(headers["x-vmpool-signature"], body, key)
+        assert not verify(headers["x-vmpool-signature"], body + b" ", key)
+        assert not verify(headers["x-vmpool-signature"], body, "another key")
+        payload = json.loads(body)
+        assert payload["event"] == event == headers["x-vmpool-event"]
+        assert resource_id in json.dumps(payload["resource"])
+    attempts = receiver.at("/flaky/job")
+    assert len(attempts) == 3
+    assert all(verify(h.get("X-VmPool-Signature", ""), b, key) for _, h, b in attempts)
+    assert len({json.loads(b)["deliveryId"] for _, _, b in attempts}) == 1
+
+    def recorded() -> list | None:
+        deliveries = app.get(f"/api/jobs/{flaky}").json()["deliveries"]
+        return deliveries if len(deliveries) == 3 else None
+
+    deliveries = app.wait_for("three recorded attempts", recorded)
+    assert [(d["attempt"], d["status"], d["delivered"]) for d in deliveries] == [
+        (1, 500, False), (2, 500, False), (3, 200, True)]
+    assert [d["event"] for d in app.get(f"/api/runs/{run_id}").json()["deliveries"]] == [
+        "run.completed"]
+    assert app.get(f"/api/changes/{change_id}").json()["deliveries"][0]["delivered"] is True
