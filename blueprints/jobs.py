@@ -20,6 +20,7 @@ from shared import callback, contracts, control
 from shared.api import bad_request, choice_param, conflict, int_param, not_found
 from shared.capacity import request_capacity
 from shared.contracts import RUN_STATUSES
+from shared.cost import CostBook
 from shared.deployment import deployment_status
 from shared.durable_client import raise_event, start_once
 from shared.jobs import STATUSES, JobNotFound
@@ -74,8 +75,10 @@ async def get_job_http(req: func.HttpRequest,
         job = get_services().jobs.get(job_id)
     except JobNotFound:
         raise not_found(f"job '{job_id[:100]}' does not exist") from None
+    services = get_services()
     return json_response({**job.to_api(), "orchestration": await instance_status(client, job_id),
-                          "deliveries": get_services().deliveries.for_resource(job_id)})
+                          "deliveries": services.deliveries.for_resource(job_id),
+                          "cost": CostBook(services).job(job_id)})
 
 
 @bp.route(route="jobs", methods=["GET"])
@@ -131,8 +134,10 @@ async def get_run_http(req: func.HttpRequest,
     summary = get_run(get_services(), run_id)
     if orchestration is None and summary is None:
         raise not_found(f"run '{run_id[:100]}' does not exist")
+    services = get_services()
     return json_response({"runId": run_id, "orchestration": orchestration, "summary": summary,
-                          "deliveries": get_services().deliveries.for_resource(run_id)})
+                          "deliveries": services.deliveries.for_resource(run_id),
+                          "cost": CostBook(services).run(run_id).to_api()})
 
 
 def _cancel_request(req: func.HttpRequest) -> tuple[str, str]:

@@ -1,5 +1,6 @@
 """The pool area: the scaler backstop timer, pool status, and pool changes as orchestrations."""
 import logging
+from datetime import timedelta
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -12,7 +13,7 @@ from blueprints.http_util import (
     json_response,
 )
 from shared import contracts, control, orchestrations
-from shared.api import choice_param, int_param, not_found
+from shared.api import bad_request, choice_param, int_param, not_found
 from shared.capacity import pool_status, request_capacity
 from shared.changes import (
     change_step,
@@ -22,6 +23,7 @@ from shared.changes import (
     valid_change_id,
 )
 from shared.contracts import CHANGE_STATUSES, CHANGE_TYPES
+from shared.cost import CostBook, parse_time
 from shared.durable_client import start_once
 from shared.idempotency import derived_id
 from shared.paging import decode_token, list_answer
@@ -51,6 +53,19 @@ async def pool_scaler_timer(timer: func.TimerRequest,
 @api_errors
 async def pool_status_http(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(pool_status(get_services()))
+
+
+@bp.route(route="cost", methods=["GET"])
+@api_errors
+async def cost_http(req: func.HttpRequest) -> func.HttpResponse:
+    """Billed VM-seconds (boot, processing, idle; money with VM_PRICES) per day and per run."""
+    services = get_services()
+    book = CostBook(services)
+    until = parse_time(req.params.get("to"), "to", book.now)
+    since = parse_time(req.params.get("from"), "from", until - timedelta(days=7))
+    if not since < until or until - since > timedelta(days=366):
+        raise bad_request("'from' must be before 'to', at most 366 days apart")
+    return json_response(book.report(since, until))
 
 
 @bp.route(route="changes", methods=["POST"])

@@ -320,6 +320,8 @@ var appSettings = union({
   WEBHOOK_ALLOW_HOSTS: ''
   WEBHOOK_MAX_ATTEMPTS: '5'
   WEBHOOK_BACKOFF_SECONDS: '10'
+  // hourly price per VM size for cost in money (size[:priority]=price,...); empty = seconds
+  VM_PRICES: ''
   POOL_BACKEND: 'azure'
   POOL_VMS: poolVmCount == 1 ? 'vm01' : 'vm01..${last(vmNames)}'
   POOL_MAX_RUNNING: string(poolVmCount + poolSpotVmCount)

@@ -11,6 +11,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from shared import telemetry
 from shared.contracts import VmState
+from shared.cost import CostBook
 from shared.pool.workers import WorkerRegistry
 from shared.services import Services
 
@@ -58,8 +59,10 @@ def pool_status(services: Services) -> dict[str, Any]:
     the pool, e.g. Kubernetes pods) with their heartbeats, and the backlog (also recorded as
     the queue-depth and VMs-by-state gauges)."""
     scaler = services.scaler
+    book = CostBook(services)
+    per_vm = book.by_vm()
     vms = []
-    records = scaler.registry.list()
+    records = book.vms
     for rec in records:
         vms.append({"name": rec.name, "state": rec.state.value, "priority": rec.priority.value,
                     "slots": rec.slots,
@@ -69,7 +72,9 @@ def pool_status(services: Services) -> dict[str, Any]:
                     "stateSince": rec.state_since.isoformat(), "privateIp": rec.private_ip or None,
                     "publicIp": rec.public_ip or None, "reason": rec.reason or None,
                     "bootSeconds": rec.boot_seconds or None,
-                    "agentVersion": rec.agent_version or None})
+                    "agentVersion": rec.agent_version or None,
+                    "billedSeconds": round(rec.billed_now(book.now), 3),
+                    "cost": per_vm[rec.name].to_api()})
     timeout = timedelta(seconds=services.settings.heartbeat_timeout_seconds)
     workers = [w.to_api(timeout) for w in WorkerRegistry(scaler.registry.table).list()]
     queued, in_flight, poison = (scaler.queued(), len(services.claims.active()),
@@ -78,4 +83,4 @@ def pool_status(services: Services) -> dict[str, Any]:
                             queued, in_flight, poison)
     return {"backend": services.settings.pool_backend, "vms": vms, "workers": workers,
             "queued": queued, "inFlight": in_flight, "poison": poison,
-            "maxRunning": services.settings.pool_max_running}
+            "maxRunning": services.settings.pool_max_running, "cost": book.total().to_api()}

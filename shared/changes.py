@@ -205,7 +205,8 @@ def _wait_power(scaler: Scaler, vm: str, wanted: str) -> ChangeStepResult:
     power = scaler.backend.power_state(vm)
     if power == wanted or (wanted == DEALLOCATED and power == STOPPED):
         if wanted == DEALLOCATED and record.state == VmState.DEALLOCATING:
-            scaler.registry.transition(vm, VmState.DEALLOCATED, [VmState.DEALLOCATING])
+            scaler.registry.transition(vm, VmState.DEALLOCATED, [VmState.DEALLOCATING],
+                                       now=scaler.stopped_when(record, utcnow()))
         return step_done()
     return step_pending(POWER_REQUESTED)
 

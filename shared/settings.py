@@ -119,6 +119,25 @@ def parse_list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def parse_prices(raw: str) -> tuple[tuple[str, float], ...]:
+    """`Standard_D2s_v5=0.096,Standard_D2s_v5:spot=0.02`: hourly prices by size[:priority]."""
+    prices: dict[str, float] = {}
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected size[:priority]=price, got {part!r}")
+        try:
+            price = float(value)
+        except ValueError:
+            raise ValueError(f"price of {key.strip()!r} is not a number: {value!r}") from None
+        if price < 0:
+            raise ValueError(f"price of {key.strip()!r} is negative")
+        prices[key.strip()] = price
+    return tuple(sorted(prices.items()))
+
+
 def parse_text(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -174,6 +193,8 @@ class Settings:
     idempotency_retention_seconds: int = _setting(
         "IDEMPOTENCY_RETENTION_SECONDS", parse_int_range(60, 30 * 86400), "86400")
     webhook_table: str = _setting("WEBHOOK_TABLE", parse_table_name, "tblhook")
+    # hourly price per VM size (`size[:priority]=price,...`); empty = cost in seconds only
+    vm_prices: tuple[tuple[str, float], ...] = _setting("VM_PRICES", parse_prices, "")
     # webhooks: the HMAC key (empty = callbackUrl refused), hosts exempt from the https and
     # public-address rules (local use only), attempts and the first pause between them
     webhook_signing_key: str = _setting("WEBHOOK_SIGNING_KEY", str, "", secret=True)

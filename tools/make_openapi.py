@@ -126,6 +126,7 @@ CALLBACK_URL = {"type": "string", "format": "uri", "maxLength": 2000,
                                "refused"}
 DELIVERIES = {"type": "array", "description": "webhook attempts, oldest first",
               "items": {"$ref": "#/components/schemas/Delivery"}}
+COST = {"$ref": "#/components/schemas/Cost"}
 TOKEN = {"type": "string", "nullable": True,
          "description": "pass as `continuationToken` for the next page; null on the last"}
 
@@ -287,6 +288,20 @@ def document() -> dict[str, Any]:
             "responses": {"202": _resp("Retry run started", _obj({
                 "runId": STR, "retryOf": STR, "files": INT, "created": BOOL,
                 "statusUrl": STR})), **_errors(401, 404, 409)}}},
+        "/api/cost": {"get": {
+            "operationId": "cost_http",
+            "summary": "Billed VM-seconds split into boot, processing and idle (money with "
+                       "VM_PRICES), per UTC day and per run; default the last 7 days",
+            "parameters": [{"name": "from", "in": "query",
+                            "schema": {"type": "string", "format": "date-time"}},
+                           {"name": "to", "in": "query",
+                            "schema": {"type": "string", "format": "date-time"}}],
+            "responses": {"200": _resp("Cost", _obj({
+                "from": STR, "to": STR, "currency": {"type": "string", "nullable": True},
+                "total": COST,
+                "days": {"type": "array", "items": {"allOf": [COST, _obj({"day": STR})]}},
+                "runs": {"type": "array", "items": {"allOf": [COST, _obj({"runId": STR})]}},
+                "unattributed": COST})), **_errors(400, 401)}}},
         "/api/changes/{change_id}/cancel": {"post": {
             "operationId": "cancel_change_http",
             "summary": "Stop a pool change before its next step (steps done stay done)",
@@ -351,6 +366,13 @@ def document() -> dict[str, Any]:
                 "functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
                 "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code"}},
             "schemas": {
+                "Cost": _obj({"billedVmSeconds": {"type": "number"},
+                              "bootVmSeconds": {"type": "number"},
+                              "processingVmSeconds": {"type": "number"},
+                              "idleVmSeconds": {"type": "number"},
+                              "money": {"type": "number", "description": "only with VM_PRICES"}},
+                             ["billedVmSeconds", "bootVmSeconds", "processingVmSeconds",
+                              "idleVmSeconds"]),
                 "Delivery": _obj({
                     "deliveryId": STR, "attempt": INT, "event": STR, "url": STR, "at": STR,
                     "status": {"type": "integer", "nullable": True},

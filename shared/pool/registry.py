@@ -32,6 +32,7 @@ __all__ = ["ACCEPTING", "STOPPING", "InvalidAddress", "InvalidTransition", "NotR
            "VmPriority", "VmRecord", "VmState"]
 
 PARTITION = "vm"
+BILLED = "billed"   # closed billing intervals, in the same table
 MAX_REASON = 2000          # characters of a failure reason kept in the row
 
 
@@ -93,6 +94,11 @@ class VmRecord:
     boot_seconds: float = 0.0  # how long the last start took until the agent was seen
     priority: VmPriority = VmPriority.REGULAR  # on-demand or spot
     agent_version: str = ""    # what the VM's agent reported in its last heartbeat
+    # Billing: the open interval (from the start request; None while deallocated), the seconds
+    # of every closed interval, and the boot seconds of the open one (-1: not up yet).
+    billed_since: datetime | None = None
+    billed_seconds: float = 0.0
+    interval_boot_s: float = -1.0
     etag: str = ""
 
     @property
@@ -111,7 +117,11 @@ class VmRecord:
             "privateIp": self.private_ip, "publicIp": self.public_ip, "reason": self.reason,
             "operation": self.operation, "bootSeconds": float(self.boot_seconds),
             "priority": self.priority.value, "agentVersion": self.agent_version,
+            "billedSeconds": float(self.billed_seconds),
+            "intervalBootSeconds": float(self.interval_boot_s),
         }
+        if self.billed_since is not None:
+            entity["billedSince"] = self.billed_since
         if self.last_heartbeat is not None:
             entity["lastHeartbeat"] = self.last_heartbeat
         return entity
@@ -129,12 +139,20 @@ class VmRecord:
             boot_seconds=float(entity.get("bootSeconds", 0.0)),
             priority=VmPriority(entity.get("priority") or VmPriority.REGULAR.value),
             agent_version=entity.get("agentVersion", ""),
+            billed_since=entity.get("billedSince"),
+            billed_seconds=float(entity.get("billedSeconds", 0.0)),
+            interval_boot_s=float(entity.get("intervalBootSeconds", -1.0)),
             etag=entity.metadata.get("etag", ""))
+
+    def billed_now(self, now: datetime) -> float:
+        """Billed seconds so far, the open interval included."""
+        open_s = _elapsed(self.billed_since, now) if self.billed_since else 0.0
+        return self.billed_seconds + open_s
 
 
 # Fields a caller may set along with a transition; everything else is the registry's business.
 _TRANSITION_FIELDS = {"backend_id", "private_ip", "public_ip", "reason", "operation", "busy",
-                      "last_activity", "boot_seconds"}
+                      "last_activity", "boot_seconds", "billed_since"}
 
 
 def _check_address(value: Any) -> str:
@@ -268,13 +286,36 @@ class PoolRegistry:
                 new.state = target
                 new.state_since = stamp
                 if target == VmState.RUNNING and rec.state == VmState.STARTING:
-                    new.boot_seconds = _elapsed(rec.state_since, stamp)
+                    _came_up(rec, new, stamp)
                 if target == VmState.RUNNING and "last_activity" not in fields_ and (
                         rec.state != VmState.DRAINING):
                     new.last_activity = stamp  # the idle cooldown starts when it comes up
+                closed.clear()
+                closed.extend(_bill(rec, new, stamp))
             return new
 
-        return self._mutate(vm, change)
+        closed: list[dict[str, Any]] = []
+        record = self._mutate(vm, change)
+        for interval in closed:
+            self.record_interval(interval)
+        return record
+
+    # --- billing ---------------------------------------------------------------------------
+
+    def record_interval(self, interval: dict[str, Any]) -> None:
+        """A closed billed interval, kept for per-day and per-run cost (repeat-safe: keyed by
+        its VM and start)."""
+        self.table.upsert_entity({"PartitionKey": BILLED, "RowKey":
+                                  f"{interval['vm']}-{interval['start'].isoformat()}",
+                                  **interval})
+
+    def intervals(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        """Closed billed intervals (that ended at or after `since`)."""
+        query, params = "PartitionKey eq @p", {"p": BILLED}
+        if since is not None:
+            query += " and end ge @since"
+            params["since"] = since
+        return list(self.table.query_entities(query, parameters=params))
 
     def claim_slot(self, vm: str, now: datetime | None = None) -> bool:
         """Take one slot on `vm` for an agent; False if the VM is full or not accepting work.
@@ -292,7 +333,7 @@ class PoolRegistry:
             new = replace(rec, busy=rec.busy + 1, last_activity=stamp)
             if rec.state == VmState.STARTING:
                 new.state, new.state_since = VmState.RUNNING, stamp
-                new.boot_seconds = _elapsed(rec.state_since, stamp)
+                _came_up(rec, new, stamp)
             taken = True
             return new
 
@@ -324,7 +365,7 @@ class PoolRegistry:
                 new.agent_version = agent_version
             if rec.state == VmState.STARTING:
                 new.state, new.state_since = VmState.RUNNING, stamp
-                new.boot_seconds = _elapsed(rec.state_since, stamp)
+                _came_up(rec, new, stamp)
                 new.last_activity = stamp  # the idle cooldown starts when the VM is up
             return new
 
@@ -356,6 +397,35 @@ class PoolRegistry:
 
         return retry_on_conflict(attempt, lambda: RegistryContention(
             f"VM {vm!r}: the row kept changing; gave up after {CONTENTION.attempts} attempts"))
+
+
+def _came_up(rec: VmRecord, new: VmRecord, stamp: datetime) -> None:
+    """A starting VM is up: how long the boot took (for the policy and for its cost)."""
+    new.boot_seconds = _elapsed(rec.state_since, stamp)
+    if new.billed_since is not None:
+        new.interval_boot_s = _elapsed(new.billed_since, stamp)
+
+
+# Billing runs from the start request until the VM is deallocated; a failed VM was asked to
+# stop (its billing ends there; a recovered one opens a new interval).
+_UNBILLED = (VmState.DEALLOCATED, VmState.FAILED)
+
+
+def _bill(rec: VmRecord, new: VmRecord, stamp: datetime) -> list[dict[str, Any]]:
+    """Open or close the billed interval on a state change; returns the interval closed."""
+    if new.state not in _UNBILLED and new.billed_since is None:
+        new.billed_since, new.interval_boot_s = stamp, -1.0
+        return []
+    if new.state in _UNBILLED and new.billed_since is not None:
+        seconds = _elapsed(new.billed_since, stamp)
+        boot = new.interval_boot_s if new.interval_boot_s >= 0 else seconds
+        interval = {"vm": rec.name, "start": new.billed_since, "end": stamp,
+                    "seconds": seconds, "bootSeconds": min(boot, seconds), "slots": rec.slots,
+                    "priority": rec.priority.value}
+        new.billed_seconds += seconds
+        new.billed_since, new.interval_boot_s = None, -1.0
+        return [interval]
+    return []
 
 
 def _elapsed(since: datetime, now: datetime) -> float:

@@ -300,8 +300,10 @@ class Scaler:
             return self.registry.transition(vm, VmState.DEALLOCATED, [VmState.STARTING],
                                             now=stamp, reason=f"start failed: {exc}")
         report.started.append(vm)
+        # Billing starts when the backend took the request (its own clock), not at this pass.
+        asked = datetime.fromtimestamp(op.started_at, timezone.utc) if op.started_at else stamp
         return self.registry.transition(vm, VmState.STARTING, [VmState.STARTING], now=stamp,
-                                        operation=op.to_json())
+                                        operation=op.to_json(), billed_since=asked)
 
     def _no_capacity(self, vm: str, message: str, stamp: datetime,
                      report: ScaleReport) -> VmRecord:
@@ -495,7 +497,8 @@ class Scaler:
         gone = power in (DEALLOCATED, STOPPED)
         if rec.state == VmState.DEALLOCATING and power == DEALLOCATED:
             new = self.registry.transition(vm, VmState.DEALLOCATED, [VmState.DEALLOCATING],
-                                           now=stamp, operation="", reason="")
+                                           now=self.stopped_when(rec, stamp), operation="",
+                                           reason="")
         elif (rec.state == VmState.STARTING and gone and not in_flight
               and _elapsed(rec.state_since, stamp) > START_GRACE_S):
             new = self._fail(vm, f"the VM is {power} although it was started", stamp, report,
@@ -524,6 +527,16 @@ class Scaler:
                                      public_ip=addresses.get("public_ip") or "")
         if new is not None:
             report.reconciled[vm] = new.state.value
+
+    def stopped_when(self, rec: VmRecord, noticed: datetime) -> datetime:
+        """When the VM really stopped: the backend's record if it has one that falls in the
+        billed interval, else when it was noticed."""
+        at = self.backend.stopped_at(rec.name)
+        if at is None:
+            return noticed
+        stamp = datetime.fromtimestamp(at, timezone.utc)
+        since = rec.billed_since or rec.state_since
+        return stamp if since <= stamp <= noticed else noticed
 
     def _follow_operation(self, rec: VmRecord, stamp: datetime, report: ScaleReport) -> bool:
         """Poll the VM's stored operation once; True while it is still running."""

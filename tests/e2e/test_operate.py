@@ -325,3 +325,66 @@ def test_webhooks_are_signed_retried_and_refused_for_private_addresses(start_app
     assert [d["event"] for d in app.get(f"/api/runs/{run_id}").json()["deliveries"]] == [
         "run.completed"]
     assert app.get(f"/api/changes/{change_id}").json()["deliveries"][0]["delivered"] is True
+
+
+def _power_intervals(state_dir: Path) -> dict[str, float]:
+    """Start-to-exit seconds per VM from the local backend's own record of its processes."""
+    starts: dict[int, tuple[str, float]] = {}
+    seconds: dict[str, float] = {}
+    for line in (state_dir / "power.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event["event"] == "start":
+            starts[event["pid"]] = (event["vm"], event["at"])
+        elif event["pid"] in starts:
+            vm, began = starts.pop(event["pid"])
+            seconds[vm] = seconds.get(vm, 0.0) + event["at"] - began
+    assert not starts, f"processes still running: {starts}"
+    return seconds
+
+
+def test_billed_vm_seconds_match_the_backends_record_and_add_up(start_app, tmp_path) -> None:
+    app = start_app(POOL_MAX_RUNNING="2", E2E_SLOW_SECONDS="2", VM_PRICES="default=3.6")
+    names = [f"costly/{i}.json" for i in range(4)]
+    for name in names:
+        app.upload(name, b"slow", metadata={"run_id": "manual"})
+    run_id = app.post("/api/runs", json={"blobs": names}).json()["runId"]
+    app.wait_for("the run", lambda: _summary(app, run_id, "completed"), timeout=180)
+    app.wait_for("every VM to be deallocated", lambda: all(
+        v["state"] == "deallocated" for v in app.pool()["vms"]), timeout=120)
+
+    pool = app.pool()
+    measured = _power_intervals(tmp_path / "pool")
+    assert measured, "no VM ran"
+    reported = {v["name"]: v["billedSeconds"] for v in pool["vms"] if v["billedSeconds"]}
+    assert set(reported) == set(measured)
+    total_measured, total_reported = sum(measured.values()), sum(reported.values())
+    print(f"billed VM-seconds: reported {total_reported:.3f}, backend {total_measured:.3f}")
+    assert abs(total_reported - total_measured) <= 0.02 * total_measured
+    for vm, seconds in measured.items():
+        assert abs(reported[vm] - seconds) <= 0.02 * seconds, vm
+
+    cost = pool["cost"]
+    parts = cost["bootVmSeconds"] + cost["processingVmSeconds"] + cost["idleVmSeconds"]
+    assert abs(parts - cost["billedVmSeconds"]) < 0.01
+    assert abs(cost["billedVmSeconds"] - total_reported) < 0.01
+    assert cost["processingVmSeconds"] >= 4 * 2 * 0.9  # four files of two seconds each
+    assert cost["bootVmSeconds"] > 0 and cost["idleVmSeconds"] > 0
+    assert abs(cost["money"] - cost["billedVmSeconds"] / 1000) < 0.001  # 3.6 an hour
+
+    run_cost = app.get(f"/api/runs/{run_id}").json()["cost"]
+    assert abs(run_cost["bootVmSeconds"] + run_cost["processingVmSeconds"]
+               + run_cost["idleVmSeconds"] - run_cost["billedVmSeconds"]) < 0.01
+    assert abs(run_cost["processingVmSeconds"] - cost["processingVmSeconds"]) < 0.01
+    job = app.jobs(runId=run_id)[0]
+    job_cost = app.get(f"/api/jobs/{job['jobId']}").json()["cost"]
+    assert 1.8 <= job_cost["processingVmSeconds"] <= 30
+
+    report = app.get("/api/cost").json()
+    assert abs(sum(d["billedVmSeconds"] for d in report["days"]) - total_reported) < 0.05
+    (row,) = [r for r in report["runs"] if r["runId"] == run_id]
+    assert abs(row["billedVmSeconds"] - run_cost["billedVmSeconds"]) < 0.05
+    assert abs(row["billedVmSeconds"] + report["unattributed"]["billedVmSeconds"]
+               - total_reported) < 0.05
+    assert app.get("/api/cost", params={"from": "yesterday"}).status_code == 400
+    assert app.get("/api/cost", params={"from": "2026-01-02", "to": "2026-01-01"}) \
+        .status_code == 400

@@ -146,6 +146,11 @@ class PoolBackend(ABC):
     def poll(self, operation: Operation) -> OperationStatus:
         """Look once at `operation`; never blocks for long."""
 
+    def stopped_at(self, vm: str) -> float | None:
+        """When (epoch seconds) the machine last stopped, if the backend keeps that record;
+        the pool's billing then ends there instead of when the scaler noticed."""
+        return None
+
     def _check_own(self, operation: Operation) -> None:
         if operation.backend != self.name:
             raise InvalidOperation(

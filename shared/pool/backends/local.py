@@ -164,6 +164,34 @@ class LocalBackend(PoolBackend):
         timer.daemon = True
         timer.start()
 
+    # --- the machines' own record of when they ran (what a cloud bills) ----------------------
+
+    def power_log(self) -> Path:
+        """`power.jsonl`: one line per start and per exit of an agent process."""
+        return self.state_dir / "power.jsonl"
+
+    def _log_power(self, vm: str, event: str, pid: int, at: float) -> None:
+        line = json.dumps({"vm": vm, "event": event, "pid": pid, "at": at}) + "\n"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with _CHILDREN_LOCK, open(self.power_log(), "a") as log:
+            log.write(line)
+
+    def _reap(self, vm: str, proc: subprocess.Popen) -> None:
+        proc.wait()
+        self._log_power(vm, "exit", proc.pid, now_s())
+
+    def power_events(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.power_log().read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def stopped_at(self, vm: str) -> float | None:
+        """The exit time of the VM's last agent process, if this process saw it exit."""
+        exits = [e["at"] for e in self.power_events() if e["vm"] == vm and e["event"] == "exit"]
+        return max(exits) if exits else None
+
     def _environment(self, vm: str) -> dict[str, str]:
         env = dict(self.base_env)
         env.update({k: v for k, v in self.agent_env.items() if v is not None})
@@ -190,10 +218,13 @@ class LocalBackend(PoolBackend):
         except OSError as exc:
             raise BackendError(f"cannot start the agent for VM {vm!r} "
                                f"({shlex.join(self.command)}): {exc}") from None
+        started = now_s()
         with _CHILDREN_LOCK:
             _CHILDREN[proc.pid] = proc
+        self._log_power(vm, "start", proc.pid, started)
+        threading.Thread(target=self._reap, args=(vm, proc), daemon=True,
+                         name=f"reap-{vm}").start()
         stat = _proc_stat(proc.pid)
-        started = now_s()
         self._write(vm, {"pid": proc.pid, "started_at": started,
                          "proc_start": stat[1] if stat else "", "stop_requested_at": None})
         return Operation(self.name, "start", vm, token=str(proc.pid), started_at=started)
