@@ -13,7 +13,7 @@ from blueprints.http_util import (
     json_response,
 )
 from shared import contracts, control, orchestrations
-from shared.api import bad_request, choice_param, int_param, not_found
+from shared.api import choice_param, int_param, not_found
 from shared.capacity import pool_status, request_capacity
 from shared.changes import (
     change_step,
@@ -63,8 +63,8 @@ async def cost_http(req: func.HttpRequest) -> func.HttpResponse:
     book = CostBook(services)
     until = parse_time(req.params.get("to"), "to", book.now)
     since = parse_time(req.params.get("from"), "from", until - timedelta(days=7))
-    if not since < until or until - since > timedelta(days=366):
-        raise bad_request("'from' must be before 'to', at most 366 days apart")
+    # At most a year per answer (a longer span is cut at its start); an empty span is empty.
+    since = min(max(since, until - timedelta(days=366)), until)
     return json_response(book.report(since, until))
 
 

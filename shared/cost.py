@@ -17,6 +17,7 @@ seconds also become money; the priority part is there for spot VMs (`regular` to
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -211,10 +212,18 @@ def _overlap(interval: Interval, since: datetime | None, until: datetime | None)
 
 
 def parse_time(raw: str | None, name: str, default: datetime) -> datetime:
-    if not raw:
+    """An RFC 3339 date-time (`2026-12-01T00:00:00Z`), as the OpenAPI document says."""
+    if raw is None:
         return default
+    text = raw.strip().upper()
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        if not _RFC3339.match(text):
+            raise ValueError(text)
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise bad_request(f"query parameter '{name}' must be an ISO 8601 date or time") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        raise bad_request(f"query parameter '{name}' must be an RFC 3339 date-time, e.g. "
+                          "2026-12-01T00:00:00Z") from None
+    return value.astimezone(timezone.utc)
+
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")

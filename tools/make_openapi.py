@@ -120,7 +120,7 @@ IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:~-]{1,200}$"}}
 REQUEST_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:~-]{1,200}$", "nullable": True,
               "description": "idempotency key (alternative to the Idempotency-Key header)"}
-CALLBACK_URL = {"type": "string", "format": "uri", "maxLength": 2000,
+CALLBACK_URL = {"type": "string", "format": "uri", "maxLength": 2000, "nullable": True,
                 "description": "https URL to POST a signed summary to on the final state "
                                "(see docs/webhooks.md); private and loopback addresses are "
                                "refused"}
@@ -152,8 +152,8 @@ def _query(name: str, values: list[str] | None = None) -> dict[str, Any]:
 def document() -> dict[str, Any]:
     job = {"$ref": "#/components/schemas/Job"}
     cancel_body = {"required": False, "content": {"application/json": {"schema": _obj({
-        "reason": {"type": "string", "maxLength": 500},
-        "requestedBy": {"type": "string", "maxLength": 200,
+        "reason": {"type": "string", "maxLength": 500, "nullable": True},
+        "requestedBy": {"type": "string", "maxLength": 200, "nullable": True,
                         "description": "who cancels (the signed-in principal wins if any)"}})}}}
     path_param = lambda name, schema=INSTANCE_ID: {  # noqa: E731
         "name": name, "in": "path", "required": True, "schema": schema}
