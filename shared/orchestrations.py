@@ -7,6 +7,7 @@ alters an instance that is already running.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Generator
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,6 +58,18 @@ ACTIVITY_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2000,
 
 class UnsupportedVersion(RuntimeError):
     """The instance was started by a version of the app this code cannot replay."""
+
+
+def event_payload(value: Any) -> dict[str, Any]:
+    """An external event's data as an object. Raised through the SDK it arrives decoded; an
+    event whose body was JSON text (raised as a string, or by a host that keeps the text)
+    arrives as that text, so it is decoded once more. Anything else reads as empty."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict) else {}
 
 
 def check_version(context: df.DurableOrchestrationContext) -> str:
@@ -194,7 +207,7 @@ def _run_step(context: df.DurableOrchestrationContext, job: FileJob, step: int,
         if winner == done:
             if not timer.is_completed:
                 timer.cancel()
-            result = done.result if isinstance(done.result, dict) else {}
+            result = event_payload(done.result)
             if result.get("status") == SUCCEEDED:
                 return result
             error = result.get("error") or f"exit code {result.get('exitCode')}"
@@ -318,7 +331,7 @@ def pool_change(context: df.DurableOrchestrationContext) -> Generator[Any, Any, 
     else:
         change["status"] = SUCCEEDED
     if cancel.is_completed and change["status"] == RUNNING:
-        by = (cancel.result or {}).get("by", "api") if isinstance(cancel.result, dict) else "api"
+        by = event_payload(cancel.result).get("by", "api")
         for step in steps:
             if step["status"] in (PENDING, RUNNING):
                 step["status"] = CANCELLED

@@ -7,7 +7,15 @@ import pytest
 
 from shared import contracts
 from shared.orchestrations import CHANGE_POLL_SECONDS, UnsupportedVersion, pool_change
-from tests.orchestrations.replay import T0, Replay, activity, activity_with_retry, timer
+from tests.orchestrations.replay import (
+    T0,
+    Replay,
+    activity,
+    activity_with_retry,
+    any_of,
+    event,
+    timer,
+)
 
 CHANGE = {"changeId": "change-0123456789abcdef", "changeType": "pool.stop", "vms": ["vm01"],
           "spec": {}, "steps": [{"vm": "vm01", "step": step, "status": "pending"}
@@ -34,15 +42,17 @@ def test_steps_run_in_order_and_slow_ones_are_polled_after_durable_timers() -> N
     run.complete(contracts.step_done())
     run.expect(step_call("wait_idle"))
     run.complete(contracts.step_pending(None))  # still busy: poll after the default interval
-    run.expect(timer(T0 + timedelta(seconds=CHANGE_POLL_SECONDS)))
-    run.fire()
+    # each wait races the change's cancel event
+    run.expect(any_of(timer(T0 + timedelta(seconds=CHANGE_POLL_SECONDS)),
+                      event(contracts.CANCEL_EVENT)))
+    run.fire(run.task.children[0])
     run.expect(step_call("wait_idle"))
     run.complete(contracts.step_done())
     run.expect(step_call("deallocate"))
     run.complete(contracts.step_pending(contracts.POWER_REQUESTED, retry_after=45))
     polled_at = T0 + timedelta(seconds=CHANGE_POLL_SECONDS + 45)  # a throttled step's wait
-    run.expect(timer(polled_at))
-    run.fire()
+    run.expect(any_of(timer(polled_at), event(contracts.CANCEL_EVENT)))
+    run.fire(run.task.children[0])
     # the poll hands back what the last answer said to hand back
     run.expect(step_call("deallocate", operation=contracts.POWER_REQUESTED))
     run.complete(contracts.step_done())

@@ -56,7 +56,9 @@ def issue(run: Replay, step: int, action: str, blob: str, attempt: int) -> None:
     run.expect(CAPACITY("work issued"))
     run.complete({})
     deadline = run.context.current_utc_datetime + timedelta(seconds=JOB["timeoutS"])
-    run.expect(any_of(event(contracts.done_event_name(step, attempt)), timer(deadline)))
+    # done, the attempt's timeout and the job's cancel event race each other
+    run.expect(any_of(event(contracts.done_event_name(step, attempt)), timer(deadline),
+                      event(contracts.CANCEL_EVENT)))
 
 
 def finish(run: Replay, outcome: dict) -> None:
@@ -71,7 +73,7 @@ def finish(run: Replay, outcome: dict) -> None:
 def test_one_step_done_before_the_timeout_cancels_the_timer() -> None:
     run = start()
     issue(run, 0, "process", "data/in/a.csv", 1)
-    done, deadline = run.task.children
+    done, deadline, _cancel = run.task.children
     run.complete(reported(output="results/in/a.csv.process.out", bytesIn=10, bytesOut=7),
                  task=done)
     assert deadline.action_repr.is_cancelled  # the extension is told to drop the timer
@@ -109,13 +111,13 @@ def test_timeouts_and_failures_are_retried_with_doubling_backoff() -> None:
     issue(run, 0, "process", "data/in/a.csv", 1)
     run.fire(run.task.children[1])  # attempt 1: the timeout wins
     first_backoff = T0 + timedelta(seconds=600 + 30)
-    run.expect(timer(first_backoff))
-    run.fire()
+    run.expect(any_of(timer(first_backoff), event(contracts.CANCEL_EVENT)))
+    run.fire(run.task.children[0])
     issue(run, 0, "process", "data/in/a.csv", 2)
     run.complete(reported("failed", exitCode=3, error=""), task=run.task.children[0])
     second_backoff = first_backoff + timedelta(seconds=60)  # 30 s doubled
-    run.expect(timer(second_backoff))
-    run.fire()
+    run.expect(any_of(timer(second_backoff), event(contracts.CANCEL_EVENT)))
+    run.fire(run.task.children[0])
     issue(run, 0, "process", "data/in/a.csv", 3)
     run.fire(run.task.children[1])  # the last attempt times out: no backoff after it
     finish(run, {"jobId": "file-1", "status": "failed",
@@ -146,7 +148,8 @@ def test_a_failed_capacity_request_only_delays_capacity() -> None:
     run.complete(issued(0, 1))
     run.expect(CAPACITY("work issued"))
     run.fail(RuntimeError("scaler down"))
-    run.expect(any_of(event("done-0-1"), timer(T0 + timedelta(seconds=600))))
+    run.expect(any_of(event("done-0-1"), timer(T0 + timedelta(seconds=600)),
+                      event(contracts.CANCEL_EVENT)))
 
 
 def test_an_unknown_version_is_refused_before_any_action() -> None:

@@ -41,8 +41,8 @@ def test_a_run_lists_its_files_and_fans_out_one_chunk_per_generation() -> None:
     run = Replay(process_run, RUN, instance_id="run-7")
     run.expect(activity_with_retry(contracts.LIST_FILES, RUN))
     run.complete(listed)
-    summary = {"files": RUN_CHUNK + 1, "succeeded": 0, "failed": 0, "bytesIn": 0,
-               "bytesOut": 0}
+    summary = {"files": RUN_CHUNK + 1, "succeeded": 0, "failed": 0, "cancelled": 0,
+               "bytesIn": 0, "bytesOut": 0}
     run.expect(activity_with_retry(contracts.RECORD_RUN, {
         **summary, "runId": "run-7", "status": "running", "startedAt": T0.isoformat()}))
     run.complete({})
@@ -50,6 +50,9 @@ def test_a_run_lists_its_files_and_fans_out_one_chunk_per_generation() -> None:
     assert run.context.custom_status == {"state": "processing", "done": 0,
                                          "files": RUN_CHUNK + 1}
     run.complete_all([outcome("succeeded", 10, 1)] * (RUN_CHUNK - 1) + [outcome("failed")])
+    # Before another generation the run asks whether it was cancelled.
+    run.expect(activity_with_retry(contracts.RUN_STATE, {"runId": "run-7"}))
+    run.complete({"cancelled": None})
     # The first generation ends here; the next one starts from its own input.
     assert run.output == {}
     carried = {**RUN, "files": listed, "offset": RUN_CHUNK, "startedAt": T0.isoformat(),
@@ -63,14 +66,17 @@ def test_the_last_generation_records_the_summary_and_returns_it() -> None:
     listed = files(RUN_CHUNK + 1)
     carried = {**RUN, "files": listed, "offset": RUN_CHUNK, "startedAt": T0.isoformat(),
                "summary": {"files": RUN_CHUNK + 1, "succeeded": 40, "failed": 10,
-                           "bytesIn": 400, "bytesOut": 40}}
+                           "cancelled": 0, "bytesIn": 400, "bytesOut": 40}}
     later = T0 + timedelta(minutes=5, seconds=1.5)
     run = Replay(process_run, carried, instance_id="run-7", now=later)
     run.expect(all_of(child(listed[RUN_CHUNK])))  # no listing again, only what is left
     assert run.context.custom_status == {"state": "processing", "done": RUN_CHUNK,
                                          "files": RUN_CHUNK + 1}
     run.complete_all([outcome("succeeded", 5, 2)])
-    summary = {"files": RUN_CHUNK + 1, "succeeded": 41, "failed": 10, "bytesIn": 405,
+    run.expect(activity_with_retry(contracts.RUN_STATE, {"runId": "run-7"}))
+    run.complete({"cancelled": None})
+    summary = {"files": RUN_CHUNK + 1, "succeeded": 41, "failed": 10, "cancelled": 0,
+               "bytesIn": 405,
                "bytesOut": 42, "runId": "run-7", "status": "completed",
                "startedAt": T0.isoformat(), "finishedAt": later.isoformat(), "durationS": 301.5}
     run.expect(activity_with_retry(contracts.RECORD_RUN, summary))
@@ -87,11 +93,14 @@ def test_a_collector_run_collects_instead_of_listing_and_may_find_nothing() -> N
     run = Replay(process_run, tick, instance_id="run-7")
     run.expect(activity_with_retry(contracts.COLLECT_DATA, tick))
     run.complete([])
-    empty = {"files": 0, "succeeded": 0, "failed": 0, "bytesIn": 0, "bytesOut": 0}
+    empty = {"files": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "bytesIn": 0,
+             "bytesOut": 0}
     run.expect(activity_with_retry(contracts.RECORD_RUN, {
         **empty, "runId": "run-7", "status": "running", "startedAt": T0.isoformat()}))
     run.complete({})
-    # Nothing to fan out: the run goes straight to its summary, without an empty task_all.
+    # Nothing to fan out: no empty task_all, only the cancel check before the summary.
+    run.expect(activity_with_retry(contracts.RUN_STATE, {"runId": "run-7"}))
+    run.complete({"cancelled": None})
     summary = {**empty, "runId": "run-7", "status": "completed", "startedAt": T0.isoformat(),
                "finishedAt": T0.isoformat(), "durationS": 0.0}
     run.expect(activity_with_retry(contracts.RECORD_RUN, summary))
