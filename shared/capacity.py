@@ -83,4 +83,6 @@ def pool_status(services: Services) -> dict[str, Any]:
                             queued, in_flight, poison)
     return {"backend": services.settings.pool_backend, "vms": vms, "workers": workers,
             "queued": queued, "inFlight": in_flight, "poison": poison,
-            "maxRunning": services.settings.pool_max_running, "cost": book.total().to_api()}
+            "maxRunning": services.settings.pool_max_running, "cost": book.total().to_api(),
+            "costByPriority": {p: split.to_api() for p, split in
+                               sorted(book.by_priority().items())}}

@@ -13,7 +13,8 @@ is its jobs' processing plus a share of each interval's boot and idle in proport
 processing there; what no run processed in is "unattributed".
 
 With `VM_PRICES` (hourly price per VM size, and optionally per priority: `size[:priority]=price`)
-seconds also become money; the priority part is there for spot VMs (`regular` today).
+seconds also become money; spot members (`size:spot=price`) are priced as such, and every total
+is also given per priority (`byPriority`: regular and spot billed seconds and money).
 """
 from __future__ import annotations
 
@@ -143,6 +144,16 @@ class CostBook:
                 out.add(interval.split(self.price(interval.priority)), share)
         return out
 
+    def by_priority(self, since: datetime | None = None,
+                    until: datetime | None = None) -> dict[str, Split]:
+        """Billed seconds (and money) of on-demand and of spot members, apart."""
+        out: dict[str, Split] = defaultdict(Split)
+        for interval in self.intervals:
+            share = _overlap(interval, since, until)
+            if share > 0:
+                out[interval.priority].add(interval.split(self.price(interval.priority)), share)
+        return dict(out)
+
     def by_vm(self) -> dict[str, Split]:
         out: dict[str, Split] = defaultdict(Split)
         for interval in self.intervals:
@@ -196,7 +207,10 @@ class CostBook:
                 runs[run_id or "(no run)"].add(split, share * seconds / total)
         return {"from": since.isoformat(), "to": until.isoformat(),
                 "currency": "per VM_PRICES" if self.prices else None,
-                "total": self.total(since, until).to_api(), "days": days,
+                "total": self.total(since, until).to_api(),
+                "byPriority": {p: s.to_api() for p, s in
+                               sorted(self.by_priority(since, until).items())},
+                "days": days,
                 "runs": [{"runId": r, **s.to_api()} for r, s in sorted(runs.items())],
                 "unattributed": unattributed.to_api()}
 

@@ -299,6 +299,8 @@ def document() -> dict[str, Any]:
             "responses": {"200": _resp("Cost", _obj({
                 "from": STR, "to": STR, "currency": {"type": "string", "nullable": True},
                 "total": COST,
+                "byPriority": {"type": "object", "description": "regular and spot members apart",
+                               "additionalProperties": COST},
                 "days": {"type": "array", "items": {"allOf": [COST, _obj({"day": STR})]}},
                 "runs": {"type": "array", "items": {"allOf": [COST, _obj({"runId": STR})]}},
                 "unattributed": COST})), **_errors(400, 401)}}},

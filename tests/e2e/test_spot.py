@@ -119,7 +119,8 @@ def test_an_evicted_spot_vm_hands_its_file_to_an_on_demand_vm_within_the_notice(
     app = start_app(POOL_VMS="vm01", POOL_SPOT_VMS="spot01", POOL_MAX_RUNNING="2",
                     E2E_COUNT_DIR=str(counts), E2E_SLOW_SECONDS="20",
                     AGENT_SCHEDULED_EVENTS_URL=imds.url, AGENT_SCHEDULED_EVENTS_SECONDS="1",
-                    AGENT_CLAIM_STALE_SECONDS="120", HEARTBEAT_TIMEOUT_SECONDS="120")
+                    AGENT_CLAIM_STALE_SECONDS="120", HEARTBEAT_TIMEOUT_SECONDS="120",
+                    VM_PRICES="default=3.6,default:spot=0.72")
     body = b'{"slow": true, "file": "spot"}'
     app.upload("spot.json", body)
     # The policy starts the spot member first; its agent claims the file.
@@ -149,3 +150,12 @@ def test_an_evicted_spot_vm_hands_its_file_to_an_on_demand_vm_within_the_notice(
     assert job["attempts"] == 1, job
     events = app.services.log.day(kind="vm.evicted", limit=100)
     assert [e["vm"] for e in events] == ["spot01"]
+    # Cost per priority: both members were billed, each at its own price.
+    by_priority = app.pool()["costByPriority"]
+    assert set(by_priority) == {"regular", "spot"}
+    for priority, hourly in (("regular", 3.6), ("spot", 0.72)):
+        split = by_priority[priority]
+        assert split["billedVmSeconds"] > 0
+        assert abs(split["money"] - split["billedVmSeconds"] * hourly / 3600) < 1e-4
+    report = app.get("/api/cost").json()
+    assert set(report["byPriority"]) == {"regular", "spot"}
