@@ -99,6 +99,23 @@ async def close_durable_client_session() -> None:
             log.debug("closing the durable client session failed: %s", exc)
 
 
+def forget_foreign_durable_client_session() -> None:
+    """Drop the durable SDK's per-process HTTP session when it was made on another event loop.
+
+    The SDK keeps one aiohttp session (and one lock) per process, bound to the loop that first
+    used them. The real host runs one loop per worker process for its whole life, so that loop
+    is always the right one; a test process that runs several in-process hosts one after another
+    (each on its own loop) would otherwise hand the next host a session it cannot use
+    ("Timeout context manager should be used inside a task"). The old session's loop is gone,
+    so there is nothing to close; the SDK makes a new session on first use."""
+    module = sys.modules.get("azure.durable_functions.models.utils.http_utils")
+    session = getattr(module, "_client_session", None)
+    if session is None or getattr(session, "_loop", None) is asyncio.get_running_loop():
+        return
+    module._client_session = None
+    module._session_lock = asyncio.Lock()
+
+
 class DevHost:
     """A local Functions host for `script_root`, serving on `host:port` (0 = any free port).
 
@@ -172,6 +189,7 @@ class DevHost:
             raise
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        forget_foreign_durable_client_session()
         settings = self._apply_settings()
         self.config = load_host_config(self.script_root, settings)
         self.host_id = host_id_for(self.script_root, settings)
