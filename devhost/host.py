@@ -45,7 +45,10 @@ QUEUE_POLL_SETTING = "DEVHOST_QUEUE_MAX_POLL_SECONDS"
 HOST_ID_SETTING = "AzureFunctionsWebHost__hostid"
 BODY_LIMIT_SETTING = "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"
 RPC_PATH = "/durabletask"
-SUPPORTED_BINDINGS = frozenset({"blob", "queue", "table", "http", "durableClient"})
+#: `orchestrationClient` is the Durable extension's 1.x name of `durableClient`, still bound
+#: (durable-extension `DurableTaskExtension.cs` keeps a binding rule for the old name).
+DURABLE_CLIENT_TYPES = frozenset({"durableClient", "orchestrationClient"})
+SUPPORTED_BINDINGS = frozenset({"blob", "queue", "table", "http", *DURABLE_CLIENT_TYPES})
 STORAGELESS_TRIGGERS = frozenset({"httpTrigger", "orchestrationTrigger", "activityTrigger",
                                   "entityTrigger"})
 SUPPORTED_TRIGGERS = frozenset({"httpTrigger", "timerTrigger", "blobTrigger", "queueTrigger",

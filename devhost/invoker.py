@@ -322,7 +322,7 @@ class Invoker:
             if text is not None and base in (dict, list):
                 return json.loads(text)
             return text
-        if kind == "durableClient":
+        if kind in ("durableClient", "orchestrationClient"):
             if self.durable_client_json is None:
                 raise BindingError(
                     f"function {spec.name}: durableClient binding needs the durable engine"

@@ -63,7 +63,8 @@ class FunctionSpec:
     @property
     def uses_durable(self) -> bool:
         return self.trigger_type in DURABLE_TRIGGERS or any(
-            b.get("type") == "durableClient" for b in self.bindings)
+            b.get("type") in ("durableClient", "orchestrationClient")
+            for b in self.bindings)
 
 
 @dataclass

@@ -167,7 +167,9 @@ class StorageBindings:
 
     def read_table(self, connection: str | None, binding: Mapping[str, Any],
                    metadata: Mapping[str, Any]) -> str | None:
-        """The table input binding: one entity (JSON object) or a query (JSON array)."""
+        """The table input binding, always a JSON array as the host gives it to
+        out-of-process workers: the one entity `partitionKey` + `rowKey` name (or none), or
+        the entities of a query (`partitionKey`, `filter`, `take`)."""
         table = resolve_expression(str(binding["tableName"]), metadata)
         client = self.connection(connection).table_service().get_table_client(table)
         pk = binding.get("partitionKey")
@@ -179,8 +181,8 @@ class StorageBindings:
                 try:
                     entity = client.get_entity(pk, rk)
                 except ResourceNotFoundError:
-                    return None
-                return json.dumps(jsonable(dict(entity)))
+                    return "[]"
+                return json.dumps([jsonable(dict(entity))])
             filters = []
             params: dict[str, Any] = {}
             if pk is not None:
@@ -199,7 +201,7 @@ class StorageBindings:
                     break
             return json.dumps(rows)
         except ResourceNotFoundError:
-            return None if rk is not None else "[]"
+            return "[]"
 
     def write_table(self, connection: str | None, binding: Mapping[str, Any],
                     metadata: Mapping[str, Any], value: Any) -> None:

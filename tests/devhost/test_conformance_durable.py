@@ -49,6 +49,8 @@ def test_names_differing_in_case_run_and_history_has_the_host_shape(
             return answer if answer.status_code == 200 else None
 
         status = eventually(done, timeout=60, interval=0.2, what="orchestration end").json()
+        legacy = requests.get(f"{host.base_url}/api/legacy-client", timeout=30)
+        assert (legacy.status_code, legacy.text.lower()) == (200, f"names{suffix}")
         without_output = requests.get(f"{status_url}&showHistory=true", timeout=30).json()
         without_input = requests.get(f"{status_url}&showHistory=true&showInput=false",
                                      timeout=30).json()

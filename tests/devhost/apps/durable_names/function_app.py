@@ -1,5 +1,6 @@
 """Durable functions called by names that differ from theirs only in case, as the host
 allows (durable-extension `FunctionName.cs`: names compare OrdinalIgnoreCase)."""
+import json
 from datetime import timedelta
 
 import azure.durable_functions as df
@@ -13,6 +14,13 @@ app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 async def start(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     instance_id = await client.start_new("My_Orchestrator", None, "ada")
     return client.create_check_status_response(req, instance_id)
+
+
+@app.route(route="legacy-client", methods=["GET"])
+@app.generic_input_binding(arg_name="client", type="orchestrationClient")
+def legacy_client(req: func.HttpRequest, client: str) -> func.HttpResponse:
+    """The Durable 1.x binding name `orchestrationClient` still binds (as `durableClient`)."""
+    return func.HttpResponse(json.loads(client)["taskHubName"])
 
 
 @app.orchestration_trigger(context_name="context")
