@@ -149,6 +149,8 @@ def test_inputs_that_used_to_fail_with_500_get_4xx_json_and_change_nothing(start
          .encode()),
         ("POST", "/api/runs", json.dumps({"prefix": "", "blobs": ["x"]}).encode()),
         ("POST", "/api/runs", json.dumps({"blobs": []}).encode()),
+        ("POST", "/api/jobs", b"[" * 100_000 + b"]" * 100_000),  # nested 100,000 deep
+        ("POST", "/api/runs", b'{"blobs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
     ]
     for method, path, body in cases:
         response = app.http.request(method, app.base + path, data=body, timeout=30)
