@@ -1,12 +1,14 @@
 """Start and stop a private Azurite (blob, queue, table) from the project's node_modules."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +79,28 @@ class Azurite:
             time.sleep(0.1)
         instance.stop()
         raise AzuriteError(f"azurite did not open ports {blob}/{queue}/{table} in {timeout}s")
+
+    def wait_saved(self, names: Iterable[str], timeout: float = 30.0) -> None:
+        """Wait until Azurite's data folder holds every one of `names` (containers, blobs,
+        tables, queues).
+
+        Azurite keeps its metadata in memory and writes it to `__azurite_db_*.json` on a 5 s
+        timer (LokiJS autosave), so a SIGKILL loses whatever the last save did not hold, even
+        containers it acknowledged. Real storage never drops an acknowledged write; a test that
+        kills Azurite to stage an outage waits here first, so it tests the outage and not that
+        window.
+        """
+        wanted = set(names)
+        deadline = time.monotonic() + timeout
+        while True:
+            saved = "".join(p.read_text(errors="replace")
+                            for p in self.location.glob("__azurite_db_*.json"))
+            missing = sorted(n for n in wanted if json.dumps(n) not in saved)
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise AzuriteError(f"azurite did not save {missing} in {timeout}s")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

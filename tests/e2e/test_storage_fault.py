@@ -48,7 +48,7 @@ def test_azurite_killed_mid_run_strands_no_file(tmp_path: Path) -> None:
     folder = tmp_path / "azurite"
     azurite = Azurite.start(folder)
     ports = (azurite.blob_port, azurite.queue_port, azurite.table_port)
-    env = app_env(azurite, tmp_path, E2E_SLOW_SECONDS="2", JOB_TIMEOUT_SECONDS="60")
+    env = app_env(azurite, tmp_path, E2E_SLOW_SECONDS="3", JOB_TIMEOUT_SECONDS="60")
     services = Services.from_env(env)
     ensure_resources(services.settings, services.connection)
     host = DevHostProcess(ROOT, env=env)
@@ -60,6 +60,14 @@ def test_azurite_killed_mid_run_strands_no_file(tmp_path: Path) -> None:
             app.upload(f"f{i:02d}.json", json.dumps({"slow": i}).encode())
         app.wait_for("work under way", lambda: len(app.services.jobs.list(limit=100)) >= 3,
                      timeout=120)
+        # What was set up and uploaded must be on Azurite's disk before the kill (it saves on a
+        # 5 s timer; see Azurite.wait_saved). Writes the run makes after this may still be lost.
+        s = services.settings
+        azurite.wait_saved([*s.containers(), *s.queues(), *s.tables(),
+                            f"{s.taskhub_name}Instances", f"{s.taskhub_name.lower()}-durable",
+                            *(f"f{i:02d}.json" for i in range(FILES))])
+        assert any(j.status not in (SUCCEEDED, FAILED) for j in app.services.jobs.list(
+            limit=100)), "the kill must come mid-run"
         azurite.process.kill()  # SIGKILL, mid-run
         azurite.process.wait(timeout=30)
         time.sleep(OUTAGE_S)
