@@ -1,9 +1,10 @@
-"""Azurite SIGKILLed mid-run and restarted on the same ports (from its own data folder): every
+"""Azurite SIGKILLed mid-run and restarted on the same ports (from a copy of its data folder): every
 file still ends `succeeded` or in `failed/` with a reason, `data/` empties and no job row is
 left open, within a bounded time and with no manual step."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -70,8 +71,12 @@ def test_azurite_killed_mid_run_strands_no_file(tmp_path: Path) -> None:
             limit=100)), "the kill must come mid-run"
         azurite.process.kill()  # SIGKILL, mid-run
         azurite.process.wait(timeout=30)
+        # Restart from a copy of what the dead process left on disk: only what it had saved
+        # counts, nothing it still held in memory.
+        copy = tmp_path / "azurite-after"
+        shutil.copytree(folder, copy)
         time.sleep(OUTAGE_S)
-        azurite = Azurite.start(folder, ports=ports)  # same data, same ports
+        azurite = Azurite.start(copy, ports=ports)  # same data, same ports
         state = {"last": ""}
 
         def settled() -> bool:
