@@ -13,8 +13,9 @@ is its jobs' processing plus a share of each interval's boot and idle in proport
 processing there; what no run processed in is "unattributed".
 
 With `VM_PRICES` (hourly price per VM size, and optionally per priority: `size[:priority]=price`)
-seconds also become money; spot members (`size:spot=price`) are priced as such, and every total
-is also given per priority (`byPriority`: regular and spot billed seconds and money).
+seconds also become money; spot members (`size:spot=price`) are priced as such (a job's money
+too, by the member each of its claims ran on), and every total is also given per priority
+(`byPriority`: regular and spot billed seconds and money).
 """
 from __future__ import annotations
 
@@ -106,6 +107,8 @@ class CostBook:
                                                rec.slots, rec.priority.value, open=True))
         self.job_runs = {job.job_id: job.run_id for job in services.jobs.list(limit=10**7)}
         self.job_processing: dict[str, float] = defaultdict(float)
+        # Money per job is priced by the member each claim ran on: a spot second costs less.
+        self.job_money: dict[str, float] = defaultdict(float)
         self._assign_claims()
 
     def price(self, priority: str = REGULAR) -> float | None:
@@ -132,6 +135,9 @@ class CostBook:
                     job_id = claim["PartitionKey"]
                     interval.processing[self.job_runs.get(job_id, "")] += seconds
                     self.job_processing[job_id] += seconds
+                    price = self.price(interval.priority)
+                    if price is not None:
+                        self.job_money[job_id] += seconds / 3600.0 * price
                     break
 
     # --- answers ---------------------------------------------------------------------------
@@ -178,9 +184,8 @@ class CostBook:
     def job(self, job_id: str) -> dict[str, Any]:
         seconds = self.job_processing.get(job_id, 0.0)
         out: dict[str, Any] = {"processingVmSeconds": round(seconds, 3)}
-        price = self.price()
-        if price is not None:
-            out["money"] = round(seconds / 3600.0 * price, 6)
+        if self.price() is not None or job_id in self.job_money:
+            out["money"] = round(self.job_money.get(job_id, 0.0), 6)
         return out
 
     def report(self, since: datetime, until: datetime) -> dict[str, Any]:

@@ -378,6 +378,8 @@ def test_billed_vm_seconds_match_the_backends_record_and_add_up(start_app, tmp_p
     job = app.jobs(runId=run_id)[0]
     job_cost = app.get(f"/api/jobs/{job['jobId']}").json()["cost"]
     assert 1.8 <= job_cost["processingVmSeconds"] <= 30
+    # Priced by the member the job ran on (regular here, 3.6 an hour).
+    assert abs(job_cost["money"] - job_cost["processingVmSeconds"] / 1000) < 1e-5
 
     report = app.get("/api/cost").json()
     assert abs(sum(d["billedVmSeconds"] for d in report["days"]) - total_reported) < 0.05
