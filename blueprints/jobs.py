@@ -78,7 +78,7 @@ async def get_job_http(req: func.HttpRequest,
     services = get_services()
     return json_response({**job.to_api(), "orchestration": await instance_status(client, job_id),
                           "deliveries": services.deliveries.for_resource(job_id),
-                          "cost": CostBook(services).job(job_id)})
+                          "cost": CostBook(services, job_id=job_id).job(job_id)})
 
 
 @bp.route(route="jobs", methods=["GET"])

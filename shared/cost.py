@@ -27,6 +27,7 @@ from typing import Any
 
 from shared.api import bad_request
 from shared.clock import utcnow
+from shared.pool.registry import UnknownVm, VmRecord
 from shared.services import Services
 
 REGULAR = "regular"
@@ -85,31 +86,54 @@ class Interval:
 class CostBook:
     """Intervals of every VM with the processing done in them, read once per request."""
 
-    def __init__(self, services: Services, now: datetime | None = None) -> None:
+    def __init__(self, services: Services, now: datetime | None = None,
+                 job_id: str | None = None) -> None:
+        """Read every interval and claim; with `job_id`, only that job's claims and the
+        intervals of the VMs they ran on (enough for `job()`, not for totals or runs)."""
         self.services = services
         self.now = now or utcnow()
         s = services.settings
         self.prices = dict(s.vm_prices)
         self.size = s.pool_vm_size or "default"
         registry = services.registry
+        claims = self._claims(job_id)
+        if job_id is None:
+            rows, self.vms = registry.intervals(), registry.list()
+            self.job_runs = {job.job_id: job.run_id for job in services.jobs.list(limit=10**7)}
+        else:
+            names = sorted({claim.get("vm") or "" for claim in claims} - {""})
+            rows = [row for vm in names for row in registry.intervals(vm=vm)]
+            self.vms = [rec for vm in names if (rec := self._record(vm)) is not None]
+            self.job_runs = {}
         self.intervals: list[Interval] = []
-        for row in registry.intervals():
+        for row in rows:
             self.intervals.append(Interval(row["vm"], row["start"], row["end"],
                                            float(row.get("bootSeconds", 0.0)),
                                            int(row.get("slots", 1)),
                                            row.get("priority") or REGULAR))
-        self.vms = registry.list()
         for rec in self.vms:
             if rec.billed_since is not None:
                 boot = (rec.interval_boot_s if rec.interval_boot_s >= 0
                         else (self.now - rec.billed_since).total_seconds())
                 self.intervals.append(Interval(rec.name, rec.billed_since, self.now, boot,
                                                rec.slots, rec.priority.value, open=True))
-        self.job_runs = {job.job_id: job.run_id for job in services.jobs.list(limit=10**7)}
         self.job_processing: dict[str, float] = defaultdict(float)
         # Money per job is priced by the member each claim ran on: a spot second costs less.
         self.job_money: dict[str, float] = defaultdict(float)
-        self._assign_claims()
+        self._assign_claims(claims)
+
+    def _claims(self, job_id: str | None) -> list[dict[str, Any]]:
+        query, params = "durationMs ge 0", {}
+        if job_id is not None:
+            query, params = "PartitionKey eq @job and durationMs ge 0", {"job": job_id}
+        return list(self.services.claims.table.query_entities(
+            query, parameters=params, select=["PartitionKey", "vm", "finishedAt", "durationMs"]))
+
+    def _record(self, vm: str) -> VmRecord | None:
+        try:
+            return self.services.registry.get(vm)
+        except UnknownVm:
+            return None  # removed from the pool since: its closed intervals still count
 
     def price(self, priority: str = REGULAR) -> float | None:
         for key in (f"{self.size}:{priority}", self.size, f"default:{priority}", "default"):
@@ -117,14 +141,11 @@ class CostBook:
                 return self.prices[key]
         return None
 
-    def _assign_claims(self) -> None:
+    def _assign_claims(self, claims: list[dict[str, Any]]) -> None:
         by_vm: dict[str, list[Interval]] = defaultdict(list)
         for interval in self.intervals:
             by_vm[interval.vm].append(interval)
-        table = self.services.claims.table
-        for claim in table.query_entities("durationMs ge 0",
-                                          select=["PartitionKey", "vm", "finishedAt",
-                                                  "durationMs"]):
+        for claim in claims:
             at = claim.get("finishedAt")
             vm = claim.get("vm") or ""
             if at is None or not vm:

@@ -34,6 +34,22 @@ def test_job_money_uses_the_price_of_the_member_each_attempt_ran_on(storage_env)
     assert abs(a["money"] - (100 * 0.36 + 50 * 3.6) / 3600) < 1e-6
     assert abs(b["money"] - 200 * 0.36 / 3600) < 1e-6  # not the regular 3.6 an hour
     assert book.job("job-unknown") == {"processingVmSeconds": 0.0, "money": 0.0}
+    # The narrow read for one job (GET /api/jobs/{id}) answers the same.
+    for job_id in ("job-a", "job-b", "job-unknown"):
+        assert CostBook(services, now=T0 + timedelta(hours=2), job_id=job_id).job(
+            job_id) == book.job(job_id)
+
+
+def test_intervals_of_one_vm_leave_out_a_longer_name_with_the_same_prefix(storage_env) -> None:
+    services = Services.from_env(storage_env)
+    ensure_resources(services.settings, services.connection)
+    for vm in ("vm01", "vm01-b", "vm02"):
+        services.registry.record_interval({"vm": vm, "start": T0, "end": T0 + timedelta(hours=1),
+                                           "bootSeconds": 1.0, "slots": 1,
+                                           "priority": "regular"})
+    assert [row["vm"] for row in services.registry.intervals(vm="vm01")] == ["vm01"]
+    assert sorted(row["vm"] for row in services.registry.intervals()) == [
+        "vm01", "vm01-b", "vm02"]
 
 
 def test_job_without_prices_has_seconds_only(storage_env) -> None:

@@ -309,13 +309,20 @@ class PoolRegistry:
                                   f"{interval['vm']}-{interval['start'].isoformat()}",
                                   **interval})
 
-    def intervals(self, since: datetime | None = None) -> list[dict[str, Any]]:
-        """Closed billed intervals (that ended at or after `since`)."""
+    def intervals(self, since: datetime | None = None, vm: str | None = None
+                  ) -> list[dict[str, Any]]:
+        """Closed billed intervals (that ended at or after `since`; of `vm` only)."""
         query, params = "PartitionKey eq @p", {"p": BILLED}
         if since is not None:
             query += " and end ge @since"
             params["since"] = since
-        return list(self.table.query_entities(query, parameters=params))
+        if vm is not None:
+            # Row keys are `{vm}-{start}`: a key range reads only this VM's rows ('.' sorts
+            # right after '-'); a longer name sharing the prefix is filtered out below.
+            query += " and RowKey ge @lo and RowKey lt @hi"
+            params.update(lo=f"{vm}-", hi=f"{vm}.")
+        rows = self.table.query_entities(query, parameters=params)
+        return [row for row in rows if vm is None or row.get("vm") == vm]
 
     def claim_slot(self, vm: str, now: datetime | None = None) -> bool:
         """Take one slot on `vm` for an agent; False if the VM is full or not accepting work.
