@@ -7,7 +7,10 @@ Safety first, because the app sends requests to addresses callers choose (SSRF):
   refused. `WEBHOOK_ALLOW_HOSTS` (host names, addresses or CIDR ranges) lifts both rules for
   the hosts it names, for local use;
 - the URL is checked when the work is submitted (a clear 400, nothing started) and again just
-  before each attempt (DNS may have changed); redirects are never followed.
+  before each attempt (DNS may have changed), and the attempt connects to the address that
+  check approved (TLS still verified against the host name), so a name that re-resolves to a
+  private address between the check and the connection (DNS rebinding) gains nothing;
+  redirects are never followed.
 
 Each delivery carries `X-VmPool-Signature: t=<unix seconds>,v1=<hex>`, where v1 is
 HMAC-SHA256 with `WEBHOOK_SIGNING_KEY` over `<t>.<body>`; `verify_signature` is the recipe
@@ -24,13 +27,15 @@ import json
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from azure.data.tables import TableClient
+from requests.adapters import HTTPAdapter
 
 from shared.api import bad_request
 
@@ -54,6 +59,8 @@ class WebhookPolicy:
     allow_hosts: tuple[str, ...] = ()
     max_attempts: int = 5
     backoff_s: float = 10.0
+    # host, port -> addresses; the system resolver unless a test gives its own
+    resolve: Callable[[str, int], list[str]] | None = None
 
     def _allowed(self, host: str, addresses: list[str]) -> bool:
         for entry in self.allow_hosts:
@@ -69,6 +76,10 @@ class WebhookPolicy:
 
     def check(self, url: str) -> str:
         """The URL if the app may call it; `UnsafeUrl` naming the reason otherwise."""
+        return self.target(url)[0]
+
+    def target(self, url: str) -> tuple[str, list[str]]:
+        """The URL and the addresses it was approved for; `UnsafeUrl` otherwise."""
         if not isinstance(url, str) or not url or len(url) > MAX_URL:
             raise UnsafeUrl(f"must be a URL of at most {MAX_URL} characters")
         try:
@@ -81,7 +92,10 @@ class WebhookPolicy:
             raise UnsafeUrl("must be an https URL with a host")
         if parts.username or parts.password:
             raise UnsafeUrl("must not carry user name or password")
-        addresses = _resolve(host, port or (443 if parts.scheme == "https" else 80))
+        addresses = _literal(host) or (self.resolve or _resolve)(
+            host, port or (443 if parts.scheme == "https" else 80))
+        if not addresses:
+            raise UnsafeUrl(f"host {host!r} does not resolve")
         allowed = self._allowed(host, addresses)
         if parts.scheme != "https" and not allowed:
             raise UnsafeUrl("must use https (http only for hosts in WEBHOOK_ALLOW_HOSTS)")
@@ -90,7 +104,7 @@ class WebhookPolicy:
                 if not _public(ipaddress.ip_address(address)):
                     raise UnsafeUrl(f"resolves to {address}, a private, loopback or reserved "
                                     "address")
-        return url
+        return url, addresses
 
 
 def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -100,11 +114,16 @@ def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
                                       or address.is_link_local)
 
 
-def _resolve(host: str, port: int) -> list[str]:
+def _literal(host: str) -> list[str]:
+    """[the address] when the host is an IP literal (an IPv4-mapped one as its IPv4)."""
     try:
-        return [str(ipaddress.ip_address(host.strip("[]")))]
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        pass
+        return []
+    return [str(getattr(address, "ipv4_mapped", None) or address)]
+
+
+def _resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
@@ -181,8 +200,38 @@ class Deliveries:
         return sorted(out, key=lambda d: (d["at"], d["attempt"]))
 
 
-def deliver(policy: WebhookPolicy, deliveries: Deliveries, request: dict[str, Any],
-            session: requests.Session | None = None) -> dict[str, Any]:
+class _PinnedAdapter(HTTPAdapter):
+    """Sends to one approved address instead of resolving the host again; the Host header, SNI
+    and certificate check still use the URL's host name."""
+
+    def __init__(self, address: str) -> None:
+        self.address = ipaddress.ip_address(address)
+        super().__init__(max_retries=0)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        parts = urlsplit(request.url or "")
+        pinned = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        if parts.port:
+            pinned += f":{parts.port}"
+        request.headers["Host"] = parts.netloc
+        request.url = urlunsplit(parts._replace(netloc=pinned))
+        if parts.scheme == "https":
+            self.poolmanager.connection_pool_kw.update(server_hostname=parts.hostname,
+                                                      assert_hostname=parts.hostname)
+        return super().send(request, **kwargs)
+
+
+def _pinned_session(address: str) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # no proxy from the environment: the address is the approved one
+    adapter = _PinnedAdapter(address)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def deliver(policy: WebhookPolicy, deliveries: Deliveries,
+            request: dict[str, Any]) -> dict[str, Any]:
     """One attempt; recorded whatever happens. {"delivered", "retry"}: retry is False when
     another attempt cannot help (the URL became unsafe, or the receiver answered 4xx)."""
     resource_id, event, attempt = request["resourceId"], request["event"], request["attempt"]
@@ -194,13 +243,16 @@ def deliver(policy: WebhookPolicy, deliveries: Deliveries, request: dict[str, An
     started = time.monotonic()
     retry = True
     try:
-        policy.check(request["url"])  # again: what the host resolves to may have changed
+        # Again: what the host resolves to may have changed; connect to what was approved.
+        url, addresses = policy.target(request["url"])
         stamp = int(time.time())
-        response = (session or requests).post(
-            request["url"], data=body, timeout=TIMEOUT_S, allow_redirects=False,
-            headers={"Content-Type": "application/json", EVENT_HEADER: event,
-                     DELIVERY_HEADER: delivery_id,
-                     SIGNATURE_HEADER: signature(policy.signing_key, stamp, body)})
+        address = min(addresses, key=lambda a: (ipaddress.ip_address(a).version, a))
+        with _pinned_session(address) as session:
+            response = session.post(
+                url, data=body, timeout=TIMEOUT_S, allow_redirects=False,
+                headers={"Content-Type": "application/json", EVENT_HEADER: event,
+                         DELIVERY_HEADER: delivery_id,
+                         SIGNATURE_HEADER: signature(policy.signing_key, stamp, body)})
         row["status"] = response.status_code
         row["delivered"] = 200 <= response.status_code < 300
         if 300 <= response.status_code < 400:

@@ -1,0 +1,74 @@
+"""A webhook attempt connects to the address its URL was approved for, recorded on Azurite: a name
+that resolves differently at connection time (DNS rebinding) cannot steer the request."""
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from shared.services import Services
+from shared.storage import ensure_resources
+from shared.webhooks import WebhookPolicy, deliver, new_delivery_id, verify_signature
+
+
+@pytest.fixture()
+def receiver() -> Iterator[tuple[int, list[dict]]]:
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append({"host": self.headers["Host"], "path": self.path, "body": body,
+                         "signature": self.headers["X-VmPool-Signature"]})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], seen
+    server.shutdown()
+    server.server_close()
+
+
+def _request(url: str) -> dict:
+    return {"resourceId": "job-1", "event": "job.succeeded", "attempt": 1,
+            "deliveryId": new_delivery_id(), "url": url, "resource": {"jobId": "job-1"}}
+
+
+def test_the_attempt_goes_to_the_approved_address_with_the_original_host(
+        storage_env, receiver) -> None:
+    port, seen = receiver
+    services = Services.from_env(storage_env)
+    ensure_resources(services.settings, services.connection)
+    lookups: list[str] = []
+
+    def resolve(host: str, _port: int) -> list[str]:
+        lookups.append(host)
+        return ["127.0.0.1"]  # what the check approved; the system resolver knows no such name
+
+    policy = WebhookPolicy("key", ("127.0.0.0/8",), resolve=resolve)
+    url = f"http://hooks.rebind.invalid:{port}/in?x=1"
+    result = deliver(policy, services.deliveries, _request(url))
+    assert result == {"delivered": True, "retry": False}
+    (got,) = seen
+    assert got["host"] == f"hooks.rebind.invalid:{port}" and got["path"] == "/in?x=1"
+    assert verify_signature(got["signature"], got["body"], "key")
+    assert lookups == ["hooks.rebind.invalid"]  # resolved once, by the check
+    (row,) = services.deliveries.for_resource("job-1")
+    assert row["delivered"] and row["status"] == 204
+
+
+def test_a_name_that_now_resolves_to_a_private_address_is_refused_and_not_called(
+        storage_env, receiver) -> None:
+    port, seen = receiver
+    services = Services.from_env(storage_env)
+    ensure_resources(services.settings, services.connection)
+    policy = WebhookPolicy("key", resolve=lambda host, _port: ["127.0.0.1"])
+    result = deliver(policy, services.deliveries, _request(f"https://evil.invalid:{port}/"))
+    assert result == {"delivered": False, "retry": False}
+    assert seen == []
+    (row,) = services.deliveries.for_resource("job-1")
+    assert "refused" in row["error"] and "127.0.0.1" in row["error"]
