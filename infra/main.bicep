@@ -83,7 +83,7 @@ param poolAddEnabled bool = false
 @description('Admin user of the pool VMs (SSH key only).')
 param vmAdminUsername string = 'azureuser'
 
-@description('SSH public key of the pool VMs\' admin user (scripts/preprovision.sh creates one when unset).')
+@description('SSH public key of the pool VMs\' admin user (the preprovision hook, scripts/azd_hooks.py, creates one when unset).')
 param vmAdminSshPublicKey string
 
 @secure()
@@ -105,6 +105,13 @@ param checkCallerIp bool = false
 
 @description('Extra app settings merged over the defaults (for example a different COLLECT_SCHEDULE).')
 param appSettingOverrides object = {}
+
+@description('Key Vault purge protection (irreversible). Off: after azd down the vault can be purged or recovered, so azd up can reuse its name.')
+param keyVaultPurgeProtection bool = false
+
+@allowed(['default', 'recover'])
+@description('recover: restore the soft-deleted vault of this environment (the preprovision hook sets it when one exists).')
+param keyVaultCreateMode string = 'default'
 
 @description('Current time; used to set the signing secret\'s expiry one year ahead.')
 param deploymentTime string = utcNow()
@@ -230,6 +237,8 @@ module keyVault 'core/security/keyvault.bicep' = {
     name: '${abbrs.keyVaultVaults}${resourceToken}'
     location: location
     tags: tags
+    purgeProtection: keyVaultPurgeProtection
+    createMode: keyVaultCreateMode
     callbackSigningKey: callbackSigningKey
     agentFunctionKey: agentFunctionKey
     secretExpiry: dateTimeToEpoch(dateTimeAdd(deploymentTime, 'P1Y'))
@@ -253,7 +262,11 @@ module storageRoles 'app/rbac.bicep' = {
 }
 
 var agentPackageUrl = 'https://${storage.outputs.name}.blob.${environment().suffixes.storage}/${agentPackageContainer}/vmpool-agent.tar.gz'
-var appBaseUrl = 'https://${functionAppName}.azurewebsites.net'
+// The app's URL is its defaultHostName (the cloud and the naming scheme decide it: it is not
+// always the app name plus the public cloud's suffix), known once the app exists: the pool VMs are created after it, and
+// the app's own POOL_AGENT_API_BASE_URL is set in app/api.bicep from the same property.
+var poolVnetName = 'vnet-pool-${resourceToken}'
+var poolSubnetName = 'pool'
 
 module pool 'app/vmpool.bicep' = {
   name: 'vmpool'
@@ -281,7 +294,9 @@ module pool 'app/vmpool.bicep' = {
     agentActions: agentActions
     agentPackageUrl: agentPackageUrl
     agentPackageContainer: agentPackageContainer
-    appBaseUrl: appBaseUrl
+    appBaseUrl: api.outputs.uri
+    vnetName: poolVnetName
+    subnetName: poolSubnetName
     applicationInsightsConnectionString: monitoring.outputs.connectionString
   }
 }
@@ -352,7 +367,8 @@ var appSettings = union({
   POOL_LOCATION: location
   POOL_VM_SIZE: poolVmSize
   POOL_VM_IMAGE: '${poolVmImage.publisher}:${poolVmImage.offer}:${poolVmImage.sku}:${poolVmImage.version}'
-  POOL_SUBNET_ID: pool.outputs.subnetId
+  // computed, not pool.outputs.subnetId: the pool module waits for the app (its URL)
+  POOL_SUBNET_ID: resourceId(subscription().subscriptionId, poolRg.name, 'Microsoft.Network/virtualNetworks/subnets', poolVnetName, poolSubnetName)
   POOL_ADMIN_USERNAME: vmAdminUsername
   POOL_SSH_PUBLIC_KEY: vmAdminSshPublicKey
   POOL_PUBLIC_IP: poolPublicIpEnabled ? 'true' : 'false'
@@ -360,7 +376,6 @@ var appSettings = union({
   POOL_VM_IDENTITY_ID: vmIdentity.outputs.id
   POOL_VM_IDENTITY_CLIENT_ID: vmIdentity.outputs.clientId
   POOL_AGENT_PACKAGE_URL: agentPackageUrl
-  POOL_AGENT_API_BASE_URL: appBaseUrl
   POOL_AGENT_FUNCTION_KEY: '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.agentKeySecretUri})'
   POOL_AGENT_ACTIONS: string(agentActions)
   // local backend only (not used in Azure); set to their defaults so nothing is left unset
@@ -412,6 +427,7 @@ output AZURE_RESOURCE_GROUP string = rg.name
 output POOL_RESOURCE_GROUP string = poolRg.name
 output AZURE_FUNCTION_NAME string = api.outputs.name
 output AZURE_FUNCTION_URL string = api.outputs.uri
+output AZURE_FUNCTION_HOST_NAME string = api.outputs.hostName
 output AZURE_FUNCTION_HAS_STAGING_SLOT bool = !isFlex
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_STORAGE_SUFFIX string = environment().suffixes.storage

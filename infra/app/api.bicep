@@ -61,6 +61,12 @@ var hostSettings = {
   PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
 }
 
+// What the app tells the VMs it provisions (pool.add) about itself: its own URL, from the site's
+// defaultHostName (the same value the pool VMs of vmpool.bicep get through main.bicep).
+var selfSettings = {
+  POOL_AGENT_API_BASE_URL: 'https://${functionApp.properties.defaultHostName}'
+}
+
 // Elastic Premium needs the runtime in app settings (Flex takes it from functionAppConfig and
 // refuses these). No Azure Files content share: it would need a storage key, and shared keys are
 // off; the app runs from its deployment package instead (remote build).
@@ -147,7 +153,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     // checkov:skip=CKV_AZURE_88: no Azure Files content share: it needs a storage key and shared keys are off
     // checkov:skip=CKV_AZURE_222: false positive: see the site's skip
     name: 'appsettings'
-    properties: union(hostSettings, premiumSettings, appSettings)
+    properties: union(hostSettings, premiumSettings, selfSettings, appSettings)
   }
 }
 
@@ -161,10 +167,11 @@ module staging 'staging-slot.bicep' = if (!isFlex) {
     tags: tags
     identityId: identityId
     pythonVersion: pythonVersion
-    appSettings: union(hostSettings, premiumSettings, stagingSlotSettings)
+    appSettings: union(hostSettings, premiumSettings, selfSettings, stagingSlotSettings)
     stickySettingNames: stickySettingNames
   }
 }
 
 output name string = functionApp.name
+output hostName string = functionApp.properties.defaultHostName
 output uri string = 'https://${functionApp.properties.defaultHostName}'

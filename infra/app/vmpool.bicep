@@ -36,17 +36,21 @@ param applicationInsightsConnectionString string = ''
 @description('Container of agent releases (release.json); the agents upgrade from it when idle.')
 param agentPackageContainer string = 'agent-package'
 
-@description('Blob URL of the agent tarball (uploaded by scripts/postprovision.sh); fetched with the VM identity.')
+@description('Blob URL of the agent tarball (uploaded by the postprovision hook, scripts/azd_hooks.py); fetched with the VM identity.')
 param agentPackageUrl string
 
 @secure()
-@description('Host key the agents present to the app API (set on the app as host key vmagent by scripts/postdeploy.sh).')
+@description('Host key the agents present to the app API (set on the app as host key vmagent by the postdeploy hook, scripts/azd_hooks.py).')
 param agentFunctionKey string
 
 @description('AGENT_ACTIONS: action name -> command template with {input} and {output}.')
 param agentActions object
 
 @description('Address space of the pool VNet.')
+@description('Name of the pool\'s virtual network and of its subnet (main.bicep derives POOL_SUBNET_ID from them).')
+param vnetName string
+param subnetName string = 'pool'
+
 param addressPrefix string = '10.40.0.0/16'
 param subnetPrefix string = '10.40.0.0/24'
 
@@ -94,14 +98,14 @@ resource nat 'Microsoft.Network/natGateways@2024-01-01' = {
 }
 
 resource vnet 'Microsoft.Network/virtualNetworks@2024-01-01' = {
-  name: 'vnet-pool-${resourceToken}'
+  name: vnetName
   location: location
   tags: tags
   properties: {
     addressSpace: { addressPrefixes: [addressPrefix] }
     subnets: [
       {
-        name: 'pool'
+        name: subnetName
         properties: {
           addressPrefix: subnetPrefix
           networkSecurityGroup: { id: nsg.id }

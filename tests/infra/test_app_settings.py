@@ -22,7 +22,8 @@ HOST_SETTINGS = {
 def _app_settings(infra: Path) -> set[str]:
     main = br.object_literal_keys(br.load(infra / "main.bicep"), "appSettings")
     host = br.object_literal_keys(br.load(infra / "app" / "api.bicep"), "hostSettings")
-    return set(main) | set(host)
+    own = br.object_literal_keys(br.load(infra / "app" / "api.bicep"), "selfSettings")
+    return set(main) | set(host) | set(own)
 
 
 def test_every_setting_the_code_reads_is_set_in_azure(infra: Path) -> None:
@@ -71,6 +72,10 @@ def test_vm_agent_environment_names_what_the_agent_reads(infra: Path) -> None:
     assert names, "no agent environment in vmpool.bicep"
     assert names <= known, f"the agent reads no {sorted(names - known)}"
     assert set(AGENT_REQUIRED) <= names, f"missing {set(AGENT_REQUIRED) - names}"
-    # The agent adds /api/vms/... itself: it gets the app's root URL.
-    main = (infra / "main.bicep").read_text()
-    assert "var appBaseUrl = 'https://${functionAppName}.azurewebsites.net'" in main
+    # The agent adds /api/vms/... itself: it gets the app's root URL, the site's own host name
+    # (api.bicep's `uri` output), for the VMs of vmpool.bicep and those pool.add creates.
+    pool = br.load(infra / "main.bicep")["modules"]["pool"]["config"]["params"]
+    assert pool["appBaseUrl"] == br.expression("api.outputs.uri")
+    api = br.load(infra / "app" / "api.bicep")
+    assert br.object_literal(api, "selfSettings")["POOL_AGENT_API_BASE_URL"] == (
+        "https://${functionApp.properties.defaultHostName}")

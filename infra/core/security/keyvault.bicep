@@ -20,6 +20,19 @@ param readerPrincipalId string
 param adminPrincipalId string = ''
 param adminPrincipalType string = 'User'
 
+// Purge protection keeps a deleted vault's name taken for the whole retention (90 days), and
+// cannot be turned off again: a fixed-name vault with it would block `azd up` after `azd down`
+// that long. Off by default (soft delete stays on); turn it on for an environment that must
+// never lose its secrets.
+@description('Turn on purge protection (irreversible; the name stays taken for 90 days after deletion).')
+param purgeProtection bool = false
+
+// `recover` brings back a soft-deleted vault of this name (after `azd down` without --purge);
+// scripts/azd_hooks.py preprovision picks it when such a vault exists.
+@allowed(['default', 'recover'])
+@description('default: create the vault; recover: restore the soft-deleted vault of this name.')
+param createMode string = 'default'
+
 var secretsUserRole = '4633458b-17de-408a-b874-0445c86b69e6'
 var secretsOfficerRole = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 
@@ -27,16 +40,20 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   // checkov:skip=CKV_AZURE_109: public endpoint with RBAC-only access; the Flex Consumption app has no VNet integration to reach a private endpoint
   // checkov:skip=CKV_AZURE_189: same reason as CKV_AZURE_109
   // checkov:skip=CKV2_AZURE_32: no private endpoint, same reason as CKV_AZURE_109
+  // checkov:skip=CKV_AZURE_110: purge protection is a parameter (purgeProtection), off by default so that azd down and azd up can reuse the vault name; soft delete stays on
+  // checkov:skip=CKV_AZURE_42: recoverable through soft delete (90 days); purge protection is the purgeProtection parameter, see CKV_AZURE_110
   name: name
   location: location
   tags: tags
   properties: {
     tenantId: subscription().tenantId
+    createMode: createMode
     sku: { family: 'A', name: 'standard' }
     enableRbacAuthorization: true
     enableSoftDelete: true
     softDeleteRetentionInDays: 90
-    enablePurgeProtection: true
+    // The service accepts only true here (or the property left out): null leaves it off.
+    enablePurgeProtection: purgeProtection ? true : null
     publicNetworkAccess: 'Enabled'
     networkAcls: {
       bypass: 'AzureServices'

@@ -86,7 +86,7 @@ resource storageTables 'Microsoft.Storage/storageAccounts/tableServices/tables@2
 
 // The blob trigger on Flex Consumption uses the Event Grid source. The topic is created here; its
 // BlobCreated subscription to the app's blobs extension webhook is created after code deployment
-// by scripts/postdeploy.sh (the webhook needs the blobs_extension system key).
+// by the postdeploy hook, scripts/azd_hooks.py (the webhook needs the blobs_extension system key).
 resource eventGridTopic 'Microsoft.EventGrid/systemTopics@2024-06-01-preview' = {
   name: eventGridTopicName
   location: location
