@@ -10,6 +10,10 @@ commit, so every deployment is a version agents move to). It is uploaded as
 `vmpool-agent-<version>.tar.gz`, also as `vmpool-agent.tar.gz` (what cloud-init installs at first
 boot), and `release.json` is written last, so no agent sees a release before its package.
 Agents pick it up at boot and when idle (agent/upgrade.py).
+
+Right after provisioning, the signed-in identity's storage role may not be in effect yet: the
+first writes are retried while storage answers 403 AuthorizationPermissionMismatch or
+AuthorizationFailure, for `--rbac-wait` seconds (10 minutes), then it fails saying so.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import json
 import re
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,33 +62,70 @@ def build_package(root: Path = ROOT, version: str | None = None) -> tuple[bytes,
     return buffer.getvalue(), version
 
 
+# What storage answers (403, x-ms-error-code) while the caller's data role is not in effect yet.
+RBAC_DENIALS = frozenset({"AuthorizationPermissionMismatch", "AuthorizationFailure"})
+RBAC_WAIT_SECONDS = 600.0  # role assignments usually take effect within minutes; 10 at most
+
+
+class PublishError(RuntimeError):
+    """Publishing cannot go on; the message says why and what to do."""
+
+
+def until_authorized(action, what: str, wait_seconds: float = RBAC_WAIT_SECONDS,
+                     first_pause: float = 5.0, max_pause: float = 60.0,
+                     clock=time.monotonic, sleep=time.sleep,
+                     log=lambda line: print(line, file=sys.stderr, flush=True)):
+    """`action()`, retried while storage refuses it for want of a role (a role assignment made
+    by the provisioning a moment ago takes minutes to reach storage), with a doubling pause, for
+    `wait_seconds` at most; then PublishError. Any other error is raised at once."""
+    from azure.core.exceptions import HttpResponseError  # noqa: PLC0415
+
+    deadline, pause, attempt = clock() + wait_seconds, first_pause, 0
+    while True:
+        attempt += 1
+        try:
+            return action()
+        except HttpResponseError as exc:
+            code = getattr(exc, "error_code", None) or ""
+            code = str(getattr(code, "value", code))  # a StorageErrorCode member, or text
+            if exc.status_code != 403 or code not in RBAC_DENIALS:
+                raise
+            left = deadline - clock()
+            if left <= 0:
+                raise PublishError(
+                    f"storage still refuses to {what} after {wait_seconds:g}s and {attempt} "
+                    f"tries (403 {code}): the signed-in identity needs the Storage Blob Data "
+                    "Contributor role on the storage account (infra/app/rbac.bicep gives it to "
+                    "principalId). If it was just assigned, run the hook again in a few "
+                    "minutes: `azd hooks run postprovision`.") from None
+            wait = min(pause, left)
+            log(f"storage refused to {what} (403 {code}); waiting {wait:.0f}s for the role "
+                f"assignment to take effect")
+            sleep(wait)
+            pause = min(pause * 2, max_pause)
+
+
 def publish(container, package: bytes, version: str,
-            rbac_wait_seconds: float = 600.0) -> dict[str, str]:
+            rbac_wait_seconds: float = RBAC_WAIT_SECONDS, first_pause: float = 5.0,
+            ) -> dict[str, str]:
     """Upload the package, then the release file that points at it.
 
-    A role assignment made by the provisioning a moment ago takes minutes to reach storage, so
-    403 answers are retried (with backoff) for up to `rbac_wait_seconds`.
+    The first writes (the container, the versioned package) wait through role propagation
+    (`until_authorized`); once one has gone through, the identity's role is in effect.
     """
-    import time  # noqa: PLC0415
+    from azure.core.exceptions import ResourceExistsError  # noqa: PLC0415
 
-    from azure.core.exceptions import HttpResponseError, ResourceExistsError  # noqa: PLC0415
+    blob = package_blob_name(version)
 
-    deadline, pause = time.monotonic() + rbac_wait_seconds, 5.0
-    while True:
+    def first_writes() -> None:
         try:
             container.create_container()
-            break
         except ResourceExistsError:
-            break
-        except HttpResponseError as exc:
-            if exc.status_code != 403 or time.monotonic() + pause > deadline:
-                raise
-            print(f"storage refused ({exc.reason}); waiting {pause:.0f}s for the role "
-                  "assignment to propagate", file=sys.stderr)
-            time.sleep(pause)
-            pause = min(pause * 2, 60.0)
-    blob = package_blob_name(version)
-    container.upload_blob(blob, package, overwrite=True)
+            pass
+        container.upload_blob(blob, package, overwrite=True)
+
+    until_authorized(first_writes, f"write {blob} to container {container.container_name}",
+                     rbac_wait_seconds, first_pause=first_pause)
     container.upload_blob("vmpool-agent.tar.gz", package, overwrite=True)
     release = {"version": version, "blob": blob, "sha256": hashlib.sha256(package).hexdigest()}
     container.upload_blob(RELEASE_BLOB, json.dumps(release).encode(), overwrite=True)
@@ -97,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--connection-string")
     parser.add_argument("--container", default="agent-package")
     parser.add_argument("--version", help="version to stamp (default: agent/__init__.py's)")
+    parser.add_argument("--rbac-wait", type=float, default=RBAC_WAIT_SECONDS,
+                        help="seconds to keep retrying while storage refuses for want of a role "
+                             f"(default {RBAC_WAIT_SECONDS:g})")
     args = parser.parse_args(argv)
     from azure.storage.blob import BlobServiceClient  # noqa: PLC0415
 
@@ -107,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
 
         service = BlobServiceClient(args.account_url, credential=DefaultAzureCredential())
     package, version = build_package(version=args.version)
-    release = publish(service.get_container_client(args.container), package, version)
+    try:
+        release = publish(service.get_container_client(args.container), package, version,
+                          rbac_wait_seconds=args.rbac_wait)
+    except PublishError as exc:
+        print(f"publish_agent: {exc}", file=sys.stderr)
+        return 1
     print(f"published agent {release['version']} as {release['blob']}")
     return 0
 

@@ -5,7 +5,7 @@ Polls `GET {url}/api/deployment/status` (with a function key) until it answers
 can never become "drained" (refused key, unknown route, a body without `hasRunning`). Use it
 before `az functionapp deployment slot swap`, so production swaps only while nothing runs:
 
-    python scripts/wait_for_drain.py --url https://APP.azurewebsites.net --timeout 3600
+    python scripts/wait_for_drain.py --url "$(azd env get-value AZURE_FUNCTION_URL)" --timeout 3600
     # key from --key or the FUNCTION_KEY environment variable
 
 Transient trouble (5xx, timeouts, connection errors) is reported and polled again. Standard
@@ -100,7 +100,7 @@ def wait_for_drain(url: str, key: str, timeout: float, interval: float,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True,
-                        help="base URL of the app or slot, e.g. https://APP.azurewebsites.net")
+                        help="base URL of the app or slot: https:// and its defaultHostName")
     parser.add_argument("--key", default=os.environ.get("FUNCTION_KEY", ""),
                         help="function key (default: $FUNCTION_KEY)")
     parser.add_argument("--timeout", type=float, default=3600.0,

@@ -10,7 +10,7 @@ KEEP = ["function_app.py", "host.json", "requirements.txt", "openapi.json", "blu
         "dashboard/app.js", "dashboard/style.css"]
 DROP = ["tests/conftest.py", "node_modules/x/y.js", ".venv/bin/python", ".venv-worker/x",
         ".venv-infra/bin/checkov", ".azurite/x", "bench/policy.py", "docs/deployment.md",
-        "infra/main.bicep", "agent/config.py", "tools/azurite.py", "scripts/postdeploy.sh",
+        "infra/main.bicep", "agent/config.py", "tools/azurite.py", "scripts/azd_hooks.py",
         ".git/config", ".gitignore", "local.settings.json", "devhost/host.py",
         "shared/__pycache__/x.pyc", "azure.yaml", "Makefile", "README.md",
         "package.json", "pyproject.toml", "requirements-dev.txt", "requirements-infra.txt",
