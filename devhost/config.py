@@ -82,6 +82,18 @@ def resolve_binding(binding: Mapping[str, Any], settings: Mapping[str, str],
     return out
 
 
+def disabled_functions(names: list[str], settings: Mapping[str, str]) -> frozenset[str]:
+    """The functions an app setting disables: `AzureWebJobs.<name>.Disabled` (or, where a
+    platform allows no dots in variable names, `AzureWebJobs_<name>_Disabled`) set to `true` or
+    `1`, both case-insensitive like every .NET configuration key (the WebJobs SDK's
+    `FunctionIndexer.IsDisabled` and `IsSettingEnabled`)."""
+    enabled = {key.lower() for key, value in settings.items()
+               if str(value).strip().lower() in ("true", "1")}
+    return frozenset(name for name in names
+                     if f"azurewebjobs.{name}.disabled".lower() in enabled
+                     or f"azurewebjobs_{name}_disabled".lower() in enabled)
+
+
 def parse_timespan(raw: Any, what: str) -> timedelta:
     """A host.json duration: `hh:mm:ss[.fff]`, `d.hh:mm:ss`, or an integer of milliseconds."""
     if isinstance(raw, bool):

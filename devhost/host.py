@@ -25,7 +25,12 @@ from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequestConverter
 
 from devhost.blobs import BlobPoller, BlobTrigger, EventGridWebhook, is_event_grid
-from devhost.config import HostConfig, load_host_config, read_local_settings
+from devhost.config import (
+    HostConfig,
+    disabled_functions,
+    load_host_config,
+    read_local_settings,
+)
 from devhost.connections import ConnectionSettingError, HostConnection
 from devhost.durable.engine import DurableEngine
 from devhost.durable.http_api import DurableHttpApi
@@ -152,6 +157,7 @@ class DevHost:
         self._io_executor: ThreadPoolExecutor | None = None
         self.invoker: Invoker | None = None
         self.blob_triggers: dict[str, BlobTrigger] = {}
+        self.disabled: frozenset[str] = frozenset()
         self.blob_pollers: list[BlobPoller] = []
         self.queue_listeners: list[QueueListener] = []
         self.timers: list[TimerRunner] = []
@@ -225,16 +231,21 @@ class DevHost:
                    if self.config.function_timeout else None)
         self.invoker = Invoker(loop, self._executor, self._io_executor, StorageBindings(),
                                str(self.script_root), timeout)
+        self.disabled = disabled_functions([s.name for s in self.loaded.specs], settings)
+        for name in sorted(self.disabled):
+            log.info("function %s is disabled by its AzureWebJobs.%s.Disabled setting",
+                     name, name)
         self._build_triggers(blob_poll or 10.0, queue_poll)
         webhook = EventGridWebhook({n: t for n, t in self.blob_triggers.items()
-                                    if is_event_grid(t.spec)}, self.keys, self.spawn)
+                                    if is_event_grid(t.spec) and n not in self.disabled},
+                                   self.keys, self.spawn)
         uses_durable = any(s.uses_durable for s in self.loaded.specs)
         body_limit = _float_setting(settings, BODY_LIMIT_SETTING, MAX_BODY_BYTES, 1024, 2**31)
         self.front = HttpFront(
             self.loaded.specs, self.config.route_prefix, self.keys, self.invoker,
             admin_invoke=self.admin_invoke, blobs_webhook=webhook.handle,
             durable_webhook=self._durable_http if uses_durable else None, status=self.status,
-            max_body_bytes=int(body_limit or MAX_BODY_BYTES),
+            max_body_bytes=int(body_limit or MAX_BODY_BYTES), disabled=self.disabled,
             cors=str(self._host_section.get("CORS") or ""),
             cors_credentials=bool(self._host_section.get("CORSCredentials")))
         sock = bind_socket(self.bind_host, self.port)
@@ -257,15 +268,18 @@ class DevHost:
     def _build_triggers(self, blob_poll: float, queue_poll: float | None) -> None:
         assert self.loaded is not None and self.invoker is not None
         for spec in self.loaded.specs:
-            if spec.trigger_type == "timerTrigger":
+            # A disabled function gets no listener, so its trigger never fires; admin invoke
+            # still runs it (its blob trigger object is kept for that).
+            disabled = spec.name in self.disabled
+            if spec.trigger_type == "timerTrigger" and not disabled:
                 self.timers.append(TimerRunner(spec, self.invoker, self.host_id, self._stop))
             elif spec.trigger_type == "blobTrigger":
                 trigger = BlobTrigger(spec, self.invoker, self.host_id,
                                       self.config.queue_max_dequeue_count)
                 self.blob_triggers[spec.name] = trigger
-                if not is_event_grid(spec):
+                if not disabled and not is_event_grid(spec):
                     self.blob_pollers.append(BlobPoller(trigger, blob_poll, self._stop))
-            elif spec.trigger_type == "queueTrigger":
+            elif spec.trigger_type == "queueTrigger" and not disabled:
                 self.queue_listeners.append(QueueListener(spec, self.invoker, self.config,
                                                           self._stop, queue_poll))
 

@@ -108,7 +108,8 @@ class HttpFront:
                  blobs_webhook: WebHandler, durable_webhook: WebHandler | None,
                  status: Callable[[], dict[str, Any]],
                  max_body_bytes: int = MAX_BODY_BYTES, cors: str = "",
-                 cors_credentials: bool = False) -> None:
+                 cors_credentials: bool = False,
+                 disabled: frozenset[str] = frozenset()) -> None:
         self.max_body_bytes = max_body_bytes
         self.cors_origins = {o.strip().rstrip("/") for o in cors.split(",") if o.strip()}
         self.cors_credentials = cors_credentials
@@ -122,9 +123,10 @@ class HttpFront:
         self.by_name = {s.name.lower(): s for s in specs}
         self.routes: RouteTable[HttpFunction] = RouteTable()
         self.http_functions: list[HttpFunction] = []
+        self.disabled = disabled
         for spec in specs:
-            if spec.trigger_type != "httpTrigger":
-                continue
+            if spec.trigger_type != "httpTrigger" or spec.name in disabled:
+                continue  # a disabled HTTP function has no route: 404, as on Azure
             methods = spec.trigger.get("methods") or None
             route = str(spec.trigger.get("route") or spec.name).strip("/")
             entry = HttpFunction(spec, str(spec.trigger.get("authLevel") or "FUNCTION").upper(),
@@ -235,7 +237,8 @@ class HttpFront:
         if parts[1:] == ["host", "status"] and request.method == "GET":
             return web.json_response(self.status())
         if parts[1:] == ["functions"] and request.method == "GET":
-            return web.json_response([{"name": s.name, "trigger": s.trigger_type}
+            return web.json_response([{"name": s.name, "trigger": s.trigger_type,
+                                       "isDisabled": s.name in self.disabled}
                                       for s in self.by_name.values()])
         if len(parts) == 3 and parts[1] == "functions":
             if request.method != "POST":
