@@ -211,7 +211,14 @@ class Scaler:
     # --- one pass ----------------------------------------------------------------------------
 
     def run_once(self, now: datetime | float | None = None) -> ScaleReport:
-        """Reconcile, decide, apply. Never raises for a single VM's trouble (see `errors`)."""
+        """Reconcile, decide, apply. Never raises for a single VM's trouble (see `errors`).
+
+        The pass is one `backend.one_pass()`: the power states it reads come from one look at
+        the pool (one ARM list request for the azure backend), not one request per VM."""
+        with self.backend.one_pass():
+            return self._run_once(now)
+
+    def _run_once(self, now: datetime | float | None) -> ScaleReport:
         stamp = _as_datetime(now)
         report = ScaleReport()
         clock = time.monotonic()
@@ -425,8 +432,11 @@ class Scaler:
     def reconcile(self, now: datetime | float | None = None,
                   report: ScaleReport | None = None) -> ScaleReport:
         """Bring the table in line with the backend: finished operations and power states."""
-        stamp = _as_datetime(now)
-        report = report if report is not None else ScaleReport()
+        with self.backend.one_pass():
+            return self._reconcile(_as_datetime(now),
+                                   report if report is not None else ScaleReport())
+
+    def _reconcile(self, stamp: datetime, report: ScaleReport) -> ScaleReport:
         for rec in self.registry.list():
             try:
                 if rec.state == VmState.FAILED:

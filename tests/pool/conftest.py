@@ -1,9 +1,11 @@
 """Fixtures for the pool tests: a pool registry on Azurite and a local fake of the ARM REST API.
 
 The fake speaks the documented shapes of the endpoints the azure backend uses (VM get and
-instanceView with `PowerState/...` statuses, start/deallocate as long-running operations that
-answer 202 with an `Azure-AsyncOperation` status URL, NIC and public IP GETs and PUTs, deletes)
-on 127.0.0.1, so the real azure-mgmt clients are exercised end to end without Azure.
+instanceView with `PowerState/...` statuses, the resource group's VM list with
+`$expand=instanceView` as a `VirtualMachineListResult` paged by `nextLink`, start/deallocate as
+long-running operations that answer 202 with an `Azure-AsyncOperation` status URL, NIC and
+public IP GETs and PUTs, deletes) on 127.0.0.1, so the real azure-mgmt clients are exercised end
+to end without Azure.
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
 from azure.core.credentials import AccessToken
@@ -26,6 +28,7 @@ from shared.pool.registry import PoolRegistry
 from shared.pool.vmspec import AgentVmSettings
 from shared.settings import Settings
 from shared.storage import StorageConnection, ensure_resources
+from tests.loopback import serve
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 RESOURCE_GROUP = "rg-pool"
@@ -89,6 +92,8 @@ class FakeArm:
     # action -> (HTTP status, ARM error): the request itself is refused, as Azure answers an
     # allocation or quota refusal that it can tell at once
     reject_next: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
+    list_page_size: int = 0          # VMs per page of the VM list (0: all in one page)
+    refuse_list_expand: bool = False  # answer a list with $expand (and no $filter) with 400
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
@@ -135,12 +140,17 @@ class FakeArm:
 
     def throttle(self, fragment: str, times: int = 1, retry_after: str = "1",
                  method: str = "") -> None:
-        """Answer the next `times` requests whose path contains `fragment` with 429."""
+        """Answer the next `times` requests whose path contains `fragment` (`list`: the VM list)
+        with 429."""
         self.throttles.append({"fragment": fragment, "left": times, "retry_after": retry_after,
                                "method": method})
 
     def seen(self, method: str, fragment: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == method and fragment in r["path"]]
+
+    def list_calls(self) -> list[dict[str, Any]]:
+        """The GETs of the resource group's VM list (every page)."""
+        return [r for r in self.requests if r["method"] == "GET" and r["path"] == self.vm_path]
 
     def new_operation(self, on_success: Any, error: dict[str, str] | None = None) -> str:
         op_id = f"op-{next(self._ids)}-{uuid.uuid4().hex[:6]}"
@@ -202,7 +212,8 @@ def _handler(arm: FakeArm) -> type[BaseHTTPRequestHandler]:
                 if "api-version" not in query:
                     return self._error(400, "MissingApiVersionParameter", "api-version missing")
                 for rule in arm.throttles:
-                    if rule["left"] > 0 and rule["fragment"] in parsed.path and (
+                    if rule["left"] > 0 and (rule["fragment"] in parsed.path or (
+                            rule["fragment"] == "list" and parsed.path == arm.vm_path)) and (
                             not rule["method"] or rule["method"] == method):
                         rule["left"] -= 1
                         return self._error(429, "TooManyRequests", "Too many requests",
@@ -210,6 +221,8 @@ def _handler(arm: FakeArm) -> type[BaseHTTPRequestHandler]:
                 op_match = _OPERATION.match(parsed.path)
                 if op_match and method == "GET":
                     return self._operation(op_match["op"])
+                if parsed.path == arm.vm_path and method == "GET":
+                    return self._list(query)
                 match = _PREFIX.match(parsed.path)
                 if not match:
                     return self._error(404, "NotFound", f"no route for {parsed.path}")
@@ -248,6 +261,26 @@ def _handler(arm: FakeArm) -> type[BaseHTTPRequestHandler]:
             return {"name": name, "id": arm.rid("Microsoft.Compute", "virtualMachines", name),
                     "type": "Microsoft.Compute/virtualMachines", "location": LOCATION,
                     "properties": props}
+
+        def _list(self, query: dict[str, str]) -> None:
+            """VirtualMachines_List: a VirtualMachineListResult, `nextLink` to the next page
+            (with the api-version and a skip token, as ARM's links carry them)."""
+            expand = query.get("$expand") == "instanceView"
+            if expand and arm.refuse_list_expand and "$filter" not in query:
+                return self._error(400, "InvalidParameter",
+                                   "The value of parameter '$expand' is invalid: it can only be "
+                                   "specified with a valid $filter option.")
+            names = sorted(arm.vms)
+            start = int(query.get("$skiptoken") or 0)
+            size = arm.list_page_size or max(1, len(names))
+            page = names[start:start + size]
+            body: dict[str, Any] = {"value": [self._vm_body(n, expand) for n in page]}
+            if start + size < len(names):
+                params = {"api-version": query["api-version"], "$skiptoken": str(start + size)}
+                if expand:
+                    params["$expand"] = "instanceView"
+                body["nextLink"] = f"{arm.base_url}{arm.vm_path}?{urlencode(params)}"
+            return self._send(200, body)
 
         def _instance_view(self, name: str) -> dict[str, Any]:
             power = arm.vms[name]["power"]
@@ -368,17 +401,9 @@ def _handler(arm: FakeArm) -> type[BaseHTTPRequestHandler]:
 def fake_arm() -> Iterator[FakeArm]:
     """A fake ARM endpoint on a free loopback port, for one test."""
     arm = FakeArm()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(arm))
-    server.daemon_threads = True
-    arm.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
+    with serve(_handler(arm)) as port:
+        arm.base_url = f"http://127.0.0.1:{port}"
         yield arm
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture()

@@ -250,3 +250,47 @@ def test_tokens_are_asked_for_the_configured_arm_endpoint(fake_arm: FakeArm) -> 
     assert backend.power_state("vm31") == "running"
     assert credential.scopes and all(
         scopes == (f"{fake_arm.base_url.rstrip('/')}/.default",) for scopes in credential.scopes)
+
+
+def test_a_pass_reads_power_from_one_listing(fake_arm: FakeArm) -> None:
+    backend = fake_arm.backend(retry_total=0)
+    for name, power in (("vm01", "running"), ("vm02", "deallocated"), ("vm03", "stopping")):
+        fake_arm.add_vm(name, power=power)
+    with backend.one_pass():
+        assert [backend.power_state(v) for v in ("vm01", "vm02", "vm03")] == [
+            "running", "deallocated", "stopped"]
+        with pytest.raises(VmNotFound, match="'vm04' was not found"):
+            backend.power_state("vm04")
+    assert len(fake_arm.list_calls()) == 1 and not fake_arm.seen("GET", "/instanceView")
+    with backend.one_pass():  # a new pass, a new look
+        backend.power_state("vm01")
+    assert len(fake_arm.list_calls()) == 2
+    backend.power_state("vm01")  # outside a pass: the VM's own instance view
+    assert len(fake_arm.seen("GET", "/vm01/instanceView")) == 1
+
+
+def test_a_failed_listing_is_not_asked_again_in_the_pass(fake_arm: FakeArm) -> None:
+    backend = fake_arm.backend(retry_total=0)
+    fake_arm.add_vm("vm01")
+    fake_arm.add_vm("vm02")
+    fake_arm.throttle("list", times=5, retry_after="4")
+    with backend.one_pass():
+        for vm in ("vm01", "vm02"):
+            with pytest.raises(Throttled) as err:
+                backend.power_state(vm)
+            assert err.value.retry_after == 4 and "resource group 'rg-pool'" in str(err.value)
+    assert len(fake_arm.list_calls()) == 1
+
+
+def test_a_finished_operation_makes_the_vm_read_fresh(fake_arm: FakeArm,
+                                                      azure_backend: AzureBackend) -> None:
+    fake_arm.add_vm("vm01", power="running")
+    with azure_backend.one_pass():
+        assert azure_backend.power_state("vm01") == "running"  # the listing
+        op = azure_backend.deallocate("vm01")
+        assert azure_backend.power_state("vm01") == "deallocating"  # acted on: read again
+        while not azure_backend.poll(op).done:
+            pass
+        assert azure_backend.power_state("vm01") == "deallocated"
+    assert len(fake_arm.list_calls()) == 1
+    assert len(fake_arm.seen("GET", "/vm01/instanceView")) == 2

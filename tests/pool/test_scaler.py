@@ -14,7 +14,7 @@ from shared.pool.backends.external import ExternalBackend
 from shared.pool.backends.local import LocalBackend
 from shared.pool.policy import Actions, PolicyConfig
 from shared.pool.registry import PoolRegistry, UnknownVm, VmState
-from shared.pool.scaler import Scaler, run_scaler, sync_members
+from shared.pool.scaler import Scaler, ScaleReport, run_scaler, sync_members
 from shared.services import Services
 from shared.settings import SettingError, Settings
 from shared.storage import StorageConnection, ensure_resources
@@ -250,15 +250,85 @@ def test_reconcile_is_rate_limited_for_event_driven_passes(pool: Scaler,
     pool.min_reconcile_interval_s = 3600
     pool.run_once()
     pool.run_once()
-    assert len(fake_arm.seen("GET", "/instanceView")) == 3  # one look per VM, not two
+    assert len(fake_arm.list_calls()) == 1  # one look at the pool, not two
+    assert not fake_arm.seen("GET", "/instanceView")
 
 
 def test_throttled_reconcile_stops_asking(pool: Scaler, fake_arm: FakeArm) -> None:
-    fake_arm.throttle("/instanceView", times=10, retry_after="5")
+    fake_arm.throttle("list", times=10, retry_after="5")
     report = pool.reconcile()
     assert list(report.errors) == ["vm01"] and "retry after 5s" in report.errors["vm01"]
-    assert len(fake_arm.seen("GET", "/instanceView")) == 1
+    assert len(fake_arm.list_calls()) == 1
     assert [r.state for r in pool.registry.list()] == [VmState.DEALLOCATED] * 3
+
+
+def _pool_of(count: int, settings: Settings, connection: StorageConnection,
+             registry: PoolRegistry, fake_arm: FakeArm, **options: Any) -> Scaler:
+    backend = fake_arm.backend(retry_total=0, **options)
+    for i in range(1, count + 1):
+        fake_arm.add_vm(f"vm{i:02d}", power="running" if i % 3 == 0 else "deallocated")
+    sync_members(registry, f"vm01..vm{count:02d}", 1, backend)
+    return _scaler(settings, connection, registry, backend, max_running=count)
+
+
+def test_a_pass_over_many_vms_lists_them_once(settings: Settings, connection: StorageConnection,
+                                             registry: PoolRegistry, fake_arm: FakeArm) -> None:
+    scaler = _pool_of(12, settings, connection, registry, fake_arm)
+    fake_arm.requests.clear()
+    report = scaler.run_once()
+    (listing,) = fake_arm.list_calls()
+    assert listing["query"]["$expand"] == "instanceView"
+    assert not fake_arm.seen("GET", "/instanceView")  # no request per VM
+    # What the listing said is what the table now holds: vm03, vm06, ... run outside the pool.
+    running = {f"vm{i:02d}" for i in range(3, 13, 3)}
+    assert {vm for vm, state in report.reconciled.items() if state == "running"} == running
+    assert [r for r in fake_arm.requests if r["method"] == "GET"] == [listing]  # nothing else
+
+
+def test_the_listing_follows_next_links(settings: Settings, connection: StorageConnection,
+                                        registry: PoolRegistry, fake_arm: FakeArm) -> None:
+    fake_arm.list_page_size = 5
+    scaler = _pool_of(12, settings, connection, registry, fake_arm)
+    report = scaler.reconcile()
+    assert len(fake_arm.list_calls()) == 3  # 5 + 5 + 2
+    assert not fake_arm.seen("GET", "/instanceView") and report.errors == {}
+    assert scaler.registry.get("vm12").state == VmState.RUNNING
+
+
+def test_a_vm_acted_on_in_the_pass_is_read_again(pool: Scaler, fake_arm: FakeArm) -> None:
+    """A start refused as conflicting is judged on the VM's power now, not the listing's."""
+    with pool.backend.one_pass():
+        assert pool.backend.power_state("vm01") == "deallocated"  # the listing
+        fake_arm.vms["vm01"]["power"] = "starting"  # someone else started it meanwhile
+        assert pool.backend.power_state("vm01") == "deallocated"  # still the listing
+        report = ScaleReport()
+        pool.start("vm01", report=report)  # 409: the conflict handler looks at vm01 itself
+        assert "409" in report.errors["vm01"]
+        assert pool.backend.power_state("vm01") == "starting"
+    assert len(fake_arm.list_calls()) == 1
+    assert len(fake_arm.seen("GET", "/vm01/instanceView")) == 2  # the handler's, and ours
+    assert pool.registry.get("vm01").state == VmState.STARTING
+
+
+def test_vms_missing_from_the_listing_fail(pool: Scaler, fake_arm: FakeArm) -> None:
+    del fake_arm.vms["vm02"]
+    report = pool.reconcile()
+    assert report.reconciled == {"vm02": "failed"}
+    assert "was not found" in pool.registry.get("vm02").reason
+    assert len(fake_arm.list_calls()) == 1
+
+
+def test_a_refused_expansion_falls_back_to_one_look_per_vm(
+        settings: Settings, connection: StorageConnection, registry: PoolRegistry,
+        fake_arm: FakeArm) -> None:
+    fake_arm.refuse_list_expand = True
+    scaler = _pool_of(4, settings, connection, registry, fake_arm)
+    report = scaler.reconcile()
+    assert report.errors == {} and report.reconciled == {"vm03": "running"}
+    assert len(fake_arm.list_calls()) == 1 and scaler.backend.list_expand_refused
+    assert len(fake_arm.seen("GET", "/instanceView")) == 4
+    scaler.reconcile()
+    assert len(fake_arm.list_calls()) == 1  # not asked again
 
 
 def test_external_backend_follows_heartbeats(settings: Settings, connection: StorageConnection,

@@ -1,7 +1,9 @@
 """The `azure` backend: pool VMs are Azure VMs in one resource group.
 
 Uses azure-mgmt-compute (start, deallocate, instance view), azure-mgmt-network (NIC and public
-IP addresses; provisioning creates them before the VM) and azure-identity. Long-running ARM
+IP addresses; provisioning creates them before the VM) and azure-identity. Within one scaler
+pass (`one_pass`), power states come from one listing of the resource group's VMs with their
+instance views instead of one request per VM: ARM limits reads per subscription. Long-running ARM
 operations are never waited on: the first request is sent, and the poller's continuation token
 goes into the returned `Operation`. `poll()` rebuilds the poller from that token and makes one
 status request, so a durable orchestration can poll with timers between looks instead of keeping
@@ -89,7 +91,19 @@ def _is_loopback(url: str) -> bool:
 
 
 class _LookOnce(ARMPolling):
-    """ARM polling that never loops: `run` does nothing, the caller calls `update_status`."""
+    """ARM polling that never loops: `run` does nothing, the caller calls `update_status`.
+
+    It keeps the last status response it saw through azure-core's public per-request
+    `raw_response_hook` (its operation options go with every status request), so a failed
+    operation's ARM error can be read without the polling method's private state.
+    """
+
+    def __init__(self, timeout: float, **kwargs: Any) -> None:
+        self.last_response: Any = None
+        super().__init__(timeout, raw_response_hook=self._remember, **kwargs)
+
+    def _remember(self, pipeline_response: Any) -> None:
+        self.last_response = pipeline_response.http_response
 
     def run(self) -> None:
         return None
@@ -97,7 +111,7 @@ class _LookOnce(ARMPolling):
     def error_text(self) -> str:
         """The ARM error of a failed operation, from the last status response."""
         try:
-            body = json.loads(self._pipeline_response.http_response.text() or "{}")
+            body = json.loads(self.last_response.text() or "{}")
         except (ValueError, AttributeError):
             return ""
         error = body.get("error") if isinstance(body, dict) else None
@@ -144,6 +158,13 @@ class AzureBackend(PoolBackend):
         self.provisioning = dict(provisioning or {})
         self.agent = agent  # what a provisioned VM's agent needs (its userData)
         self.polling_interval = polling_interval
+        # One scaler pass (`one_pass`): VM name -> power state from one listing, taken when
+        # first needed; VMs acted on since are read on their own again.
+        self._passes = 0
+        self._listing: dict[str, str] | None = None
+        self._listing_error: BackendError | None = None
+        self._acted_on: set[str] = set()
+        self.list_expand_refused = False  # ARM would not expand the listing: read per VM
 
         def options() -> dict[str, Any]:
             opts = dict(client_options)
@@ -168,18 +189,20 @@ class AzureBackend(PoolBackend):
         return _LookOnce(self.polling_interval, path_format_arguments={"endpoint": self.base_url})
 
     @contextlib.contextmanager
-    def _errors(self, vm: str, what: str) -> Iterator[None]:
-        """Turn SDK errors into the backend's error types, naming the VM and the action."""
+    def _errors(self, vm: str, what: str, subject: str = "") -> Iterator[None]:
+        """Turn SDK errors into the backend's error types, naming the VM (or `subject`) and the
+        action."""
+        subject = subject or f"VM {vm!r}"
         try:
             yield
         except ResourceNotFoundError:
-            raise VmNotFound(f"VM {vm!r} was not found in resource group "
+            raise VmNotFound(f"{subject} was not found in resource group "
                              f"{self.resource_group!r} ({what})") from None
         except HttpResponseError as exc:
             status = exc.status_code
             code = getattr(exc.error, "code", None) or ""
             detail = getattr(exc.error, "message", None) or exc.reason or ""
-            text = f"{what} VM {vm!r}: HTTP {status} {code} {detail}".strip()
+            text = f"{what} {subject}: HTTP {status} {code} {detail}".strip()
             if is_capacity_error(code, detail):
                 raise CapacityUnavailable(f"no capacity to {text}") from None
             if status == 429:
@@ -188,9 +211,9 @@ class AzureBackend(PoolBackend):
                 raise OperationInProgress(f"another operation is in progress: {text}") from None
             raise BackendError(f"failed to {text}") from None
         except (BadStatus, BadResponse, OperationFailed) as exc:
-            raise BackendError(f"failed to {what} VM {vm!r}: {exc}") from None
+            raise BackendError(f"failed to {what} {subject}: {exc}") from None
         except AzureError as exc:
-            raise BackendError(f"failed to {what} VM {vm!r}: {exc.message}") from None
+            raise BackendError(f"failed to {what} {subject}: {exc.message}") from None
 
     def _resource_id(self, provider: str, kind: str, name: str) -> str:
         return (f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
@@ -204,6 +227,7 @@ class AzureBackend(PoolBackend):
 
     def start(self, vm: str) -> Operation:
         vm = _valid(vm)
+        self._acted_on.add(vm)
         with self._errors(vm, "start"):
             poller = self.compute.virtual_machines.begin_start(
                 self.resource_group, vm, polling=self._polling())
@@ -212,21 +236,71 @@ class AzureBackend(PoolBackend):
 
     def deallocate(self, vm: str) -> Operation:
         vm = _valid(vm)
+        self._acted_on.add(vm)
         with self._errors(vm, "deallocate"):
             poller = self.compute.virtual_machines.begin_deallocate(
                 self.resource_group, vm, polling=self._polling())
             return Operation(self.name, "deallocate", vm, token=poller.continuation_token(),
                              started_at=now_s())
 
+    @contextlib.contextmanager
+    def one_pass(self) -> Iterator[None]:
+        """Power states for the pass come from one listing (taken at the first `power_state`),
+        except for VMs started, deallocated, provisioned or deleted since, or whose operation
+        finished since: those are read on their own, so what the pass does next is not decided
+        on a stale look. Nested passes share the outer one's listing."""
+        self._passes += 1
+        try:
+            yield
+        finally:
+            self._passes -= 1
+            if not self._passes:
+                self._listing, self._listing_error = None, None
+                self._acted_on.clear()
+
+    def _listed_power(self) -> dict[str, str] | None:
+        """VM name -> power state of every VM in the resource group (one paged list request
+        with `$expand=instanceView`), for the current pass; None when ARM will not expand it."""
+        if self._listing is not None:
+            return self._listing
+        if self._listing_error is not None:  # the pass's listing failed: do not ask N times
+            raise self._listing_error
+        listing: dict[str, str] = {}
+        try:
+            with self._errors("", "list the VMs with their power states in",
+                              subject=f"resource group {self.resource_group!r}"):
+                try:
+                    for machine in self.compute.virtual_machines.list(self.resource_group,
+                                                                      expand="instanceView"):
+                        if machine.instance_view is None:  # the expansion was ignored
+                            self.list_expand_refused = True
+                            return None
+                        listing[machine.name] = _power_of(machine.instance_view.statuses)
+                except HttpResponseError as exc:
+                    # The API documents the expansion for lists filtered to a scale set; if
+                    # it is refused (400), read VM by VM, as outside a pass, from now on.
+                    if exc.status_code != 400:
+                        raise
+                    self.list_expand_refused = True
+                    return None
+        except BackendError as exc:
+            self._listing_error = exc
+            raise
+        self._listing = listing
+        return listing
+
     def power_state(self, vm: str) -> str:
         vm = _valid(vm)
+        if self._passes and not self.list_expand_refused and vm not in self._acted_on:
+            listing = self._listed_power()
+            if listing is not None:
+                if vm not in listing:
+                    raise VmNotFound(f"VM {vm!r} was not found in resource group "
+                                     f"{self.resource_group!r} (listing its VMs)")
+                return listing[vm]
         with self._errors(vm, "read the power state of"):
             view = self.compute.virtual_machines.instance_view(self.resource_group, vm)
-        for status in view.statuses or []:
-            code = status.code or ""
-            if code.startswith("PowerState/"):
-                return _POWER.get(code.split("/", 1)[1].lower(), UNKNOWN)
-        return UNKNOWN
+        return _power_of(view.statuses)
 
     def addresses(self, vm: str) -> dict[str, str | None]:
         """Private and public IP of the VM's primary NIC (VM -> NIC -> public IP resource)."""
@@ -335,6 +409,7 @@ class AzureBackend(PoolBackend):
     def provision(self, spec: dict[str, Any]) -> Operation:
         """Create public IP (optional), NIC, then VM; returns the first step's operation."""
         full = self.provision_spec(spec)
+        self._acted_on.add(full["name"])
         step = self._provision_steps(full)[0]
         with self._errors(full["name"], f"provision ({step})"):
             poller = self._begin_provision_step(full, step)
@@ -356,6 +431,7 @@ class AzureBackend(PoolBackend):
     def delete(self, vm: str) -> Operation:
         """Delete the VM, then its NIC and public IP (missing ones are skipped)."""
         vm = _valid(vm)
+        self._acted_on.add(vm)
         with self._errors(vm, "delete"):
             poller = self._begin_delete_step(vm, "vm")
         return Operation(self.name, "delete", vm, token=poller.continuation_token(), step=0,
@@ -441,6 +517,7 @@ class AzureBackend(PoolBackend):
             status = method.status()
         if status.lower() not in _FINISHED:
             return OperationStatus(operation, done=False, status=status)
+        self._acted_on.add(operation.vm)  # the listing of this pass may predate the change
         if status.lower() != "succeeded":
             error = method.error_text()
             code, _, message = error.partition(": ")
@@ -451,6 +528,15 @@ class AzureBackend(PoolBackend):
         if following is not None:
             return OperationStatus(following, done=False, status="InProgress")
         return OperationStatus(operation, done=True, succeeded=True, status=status)
+
+
+def _power_of(statuses: Any) -> str:
+    """The power state in an instance view's statuses (`PowerState/...`)."""
+    for status in statuses or []:
+        code = status.code or ""
+        if code.startswith("PowerState/"):
+            return _POWER.get(code.split("/", 1)[1].lower(), UNKNOWN)
+    return UNKNOWN
 
 
 def _valid(vm: Any) -> str:

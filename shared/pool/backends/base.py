@@ -8,9 +8,11 @@ handle to poll next.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -145,6 +147,13 @@ class PoolBackend(ABC):
     @abstractmethod
     def poll(self, operation: Operation) -> OperationStatus:
         """Look once at `operation`; never blocks for long."""
+
+    @contextlib.contextmanager
+    def one_pass(self) -> Iterator[None]:
+        """One scaler pass: a backend may answer `power_state` from one look at all its
+        machines for the length of the block (the azure backend lists them once). The default
+        looks at each machine when asked."""
+        yield
 
     def stopped_at(self, vm: str) -> float | None:
         """When (epoch seconds) the machine last stopped, if the backend keeps that record;
