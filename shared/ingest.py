@@ -47,6 +47,30 @@ def file_start_for_blob(services: Services, container: str, name: str
     return ref.instance_id, file_job_input(services.settings, container, name, ref.instance_id)
 
 
+def waiting_files(services: Services, older_than: datetime, limit: int
+                  ) -> list[tuple[str, FileJob]]:
+    """(instance id, input) of the files in the data container last written before
+    `older_than` that no run owns: what the blob trigger would start for each of them."""
+    container = services.settings.data_container
+    out: list[tuple[str, FileJob]] = []
+    for blob in services.blobs.get_container_client(container).list_blobs(
+            include=["metadata"]):
+        if len(out) >= limit:
+            break
+        if blob.last_modified is None or blob.last_modified >= older_than:
+            continue
+        if (blob.metadata or {}).get("run_id"):
+            continue
+        try:
+            check_blob_name(blob.name)
+        except BlobNameError:
+            continue  # the trigger refused it too, with a warning
+        ref = FileRef(container, blob.name, str(blob.etag).strip('"'), blob.size)
+        out.append((ref.instance_id, file_job_input(services.settings, container, blob.name,
+                                                    ref.instance_id)))
+    return out
+
+
 def split_blob_path(path: str, default_container: str) -> tuple[str, str]:
     """`data/x/y.json` → (`data`, `x/y.json`); a bare name belongs to the default container."""
     if "/" in path:

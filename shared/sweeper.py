@@ -10,6 +10,11 @@ orchestration's status decides:
 - failed, terminated, canceled or gone: the original still in its container is processed
   again under the same id; one that is gone leaves the job recorded as failed with the reason.
 Still pending or running: nothing to do.
+
+A file can also wait in the data container with no orchestration at all: its trigger fired,
+but the start was lost with storage (the host's receipt survived a crash that the instance did
+not). Each file older than the same age whose instance does not exist is started as the
+trigger would have started it.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from shared import contracts
 from shared.clock import utcnow
 from shared.contracts import file_job_input
 from shared.durable_client import RESTARTABLE, start_or_restart
+from shared.ingest import waiting_files
 from shared.jobs import QUEUED, RUNNING, Job
 from shared.pipeline import finish_job
 from shared.services import Services
@@ -63,6 +69,27 @@ async def sweep_jobs(services: Services, client: df.DurableOrchestrationClient,
                 done[job.job_id] = action
                 services.log.write("job.swept", f"{job.container}/{job.blob}: {action}",
                                    job_id=job.job_id, run_id=job.run_id)
+    done.update(await _start_unstarted(services, client, cutoff))
+    return done
+
+
+async def _start_unstarted(services: Services, client: df.DurableOrchestrationClient,
+                           cutoff: datetime) -> dict[str, str]:
+    """Start the files waiting in data/ whose orchestration does not exist."""
+    done: dict[str, str] = {}
+    for instance_id, payload in waiting_files(services, cutoff, SWEEP_LIMIT):
+        try:
+            status = await client.get_status(instance_id)
+            if status is not None and status.runtime_status is not None:
+                continue  # it exists: the job repair above (or the instance) handles it
+            outcome = await start_or_restart(client, contracts.PROCESS_FILE, instance_id,
+                                             payload)
+        except Exception:  # noqa: BLE001 - one file's trouble must not stop the sweep
+            log.warning("sweeper: could not start %s", instance_id, exc_info=True)
+            continue
+        done[instance_id] = f"file never started: {outcome} it"
+        services.log.write("job.swept", f"{payload['container']}/{payload['blob']}: "
+                           f"{done[instance_id]}", job_id=payload.get("jobId", ""))
     return done
 
 

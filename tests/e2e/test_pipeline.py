@@ -231,3 +231,24 @@ def test_a_vm_whose_agent_died_holding_a_slot_returns_to_service(start_app) -> N
         raise AssertionError(f"pool.start did not finish: {last}") from None
     assert status["status"] == "succeeded", (status, reason)
     assert app.services.registry.get("vm01").state in (VmState.STARTING, VmState.RUNNING)
+
+
+def test_a_file_whose_start_was_lost_is_started_by_the_sweep(start_app, tmp_path) -> None:
+    """The trigger is off (as if its start had been lost with storage): the sweep on the scaler
+    timer finds the file waiting with no orchestration and starts it, once."""
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    app = start_app(E2E_COUNT_DIR=str(counts),
+                    **{"AzureWebJobs.data_blob_trigger.Disabled": "true"})
+    body = b'{"orphan": true}'
+    app.upload("orphan.json", body)
+    owned = b'{"owned": true}'
+    app.upload("owned-by-a-run.json", owned, metadata={"run_id": "someone-elses"})
+    jobs = app.wait_for("the swept file to succeed", lambda: [
+        j for j in app.jobs() if j["status"] == "succeeded"], timeout=120)
+    assert [j["blob"].rsplit("/", 1)[1] for j in jobs] == ["orphan.json"]
+    assert _executions(counts, "process", body) == 1
+    events = app.services.log.day(kind="job.swept", limit=100)
+    assert any("never started" in e.get("message", "") for e in events), events
+    # A file its run owns is left to the run.
+    assert app.blob_names(app.services.settings.data_container) == ["owned-by-a-run.json"]
