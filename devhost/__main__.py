@@ -1,7 +1,9 @@
 """`python -m devhost start --script-root DIR [--port 7071]`: run a function app like `func start`.
 
-Serves until SIGINT or SIGTERM, then stops cleanly with exit code 0. A configuration or
-indexing problem exits with code 1 and a one-line message.
+Serves until SIGINT or SIGTERM, then stops cleanly with exit code 0. A configuration problem
+exits with code 1 and a one-line message; an app that fails to index is logged and served with
+no functions, as the real host does, unless `--strict-indexing` (or setting
+DEVHOST_STRICT_INDEXING=true) makes that exit with code 1 too.
 """
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--enable-auth", "--enableAuth", dest="enable_auth", action="store_true",
                        default=None, help="check keys as Azure does (default: like func"
                        " start, no key checks; setting DEVHOST_ENABLE_AUTH=true does the same)")
+    start.add_argument("--strict-indexing", dest="strict", action="store_true", default=None,
+                       help="exit with code 1 when the app fails to import or a function fails"
+                       " to index (default: like the real host, log it and keep serving;"
+                       " setting DEVHOST_STRICT_INDEXING=true does the same)")
     start.add_argument("--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -85,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             if not str(raw_port).isdigit() or not 0 < int(raw_port) < 65536:
                 raise ConfigError(f"local.settings.json Host.LocalHttpPort: bad port {raw_port!r}")
             port = int(raw_port)
-        asyncio.run(_serve(DevHost(root, port=port, host=args.host, enable_auth=args.enable_auth)))
+        asyncio.run(_serve(DevHost(root, port=port, host=args.host, enable_auth=args.enable_auth,
+                                   strict=args.strict)))
     except DevHostError as exc:
         print(f"devhost: error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -34,12 +34,12 @@ from devhost.config import (
 from devhost.connections import ConnectionSettingError, HostConnection
 from devhost.durable.engine import DurableEngine
 from devhost.durable.http_api import DurableHttpApi
-from devhost.errors import BindingError, ConfigError, DevHostError, InvocationError
+from devhost.errors import BindingError, ConfigError, DevHostError, IndexingError, InvocationError
 from devhost.http_front import MAX_BODY_BYTES, HttpFront, error_response
 from devhost.invoker import Invoker, base_type, blob_argument
-from devhost.keys import HostKeys
-from devhost.loader import LoadedApp, load_app
-from devhost.queues import QueueListener
+from devhost.keys import HostKeys, truthy
+from devhost.loader import FunctionSpec, LoadedApp, load_app
+from devhost.queues import QueueListener, QueueWatcher
 from devhost.storage_bindings import StorageBindings, split_blob_path
 from devhost.timers import TimerRunner
 
@@ -49,6 +49,7 @@ BLOB_POLL_SETTING = "DEVHOST_BLOB_POLL_SECONDS"
 QUEUE_POLL_SETTING = "DEVHOST_QUEUE_MAX_POLL_SECONDS"
 HOST_ID_SETTING = "AzureFunctionsWebHost__hostid"
 BODY_LIMIT_SETTING = "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"
+STRICT_SETTING = "DEVHOST_STRICT_INDEXING"
 RPC_PATH = "/durabletask"
 #: `orchestrationClient` is the Durable extension's 1.x name of `durableClient`, still bound
 #: (durable-extension `DurableTaskExtension.cs` keeps a binding rule for the old name).
@@ -129,15 +130,29 @@ class DevHost:
 
     `env` entries override the process environment; local.settings.json `Values` fill in
     what neither sets. `start()`/`stop()` must run on the loop that serves the host.
+
+    Like the real host it keeps running when the app cannot be indexed: an app the worker
+    cannot index (import error, no FunctionApp, inconsistent function) runs with no
+    functions; a function the host cannot bind (unresolved `%NAME%`, unsupported trigger or
+    binding, no storage) is left out and in error (`GET /admin/functions/{name}/status`);
+    a durable engine that cannot start puts the host in state `Error` (`GET
+    /admin/host/status` lists `errors`). `strict=True` (or setting DEVHOST_STRICT_INDEXING)
+    raises instead, so the start fails.
     """
 
     def __init__(self, script_root: str | Path, port: int = 7071, env: Mapping[str, str] | None
-                 = None, host: str = "127.0.0.1", enable_auth: bool | None = None) -> None:
+                 = None, host: str = "127.0.0.1", enable_auth: bool | None = None,
+                 strict: bool | None = None) -> None:
         self.script_root = Path(script_root).resolve()
         self.port = port
         self.bind_host = host
         self.env = dict(env or {})
         self.enable_auth = enable_auth  # None: setting DEVHOST_ENABLE_AUTH decides
+        self.strict = strict  # None: setting DEVHOST_STRICT_INDEXING decides
+        self.state = "Default"  # the host's ScriptHostState names: Running, Error
+        self.errors: list[str] = []  # why the host is in state Error
+        self.function_errors: dict[str, list[str]] = {}
+        self.queue_watcher = QueueWatcher()
         self.config = HostConfig()
         self.keys: HostKeys | None = None
         self.host_id = ""
@@ -199,60 +214,56 @@ class DevHost:
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         forget_foreign_durable_client_session()
+        if not self.script_root.is_dir():
+            raise ConfigError(f"script root {self.script_root} does not exist")
         settings = self._apply_settings()
         self.config = load_host_config(self.script_root, settings)
         self.host_id = host_id_for(self.script_root, settings)
         blob_poll = _float_setting(settings, BLOB_POLL_SETTING, 10.0)
         queue_poll = _float_setting(settings, QUEUE_POLL_SETTING, None)
         self.keys = HostKeys.from_settings(settings, self.enable_auth)
+        if self.strict is None:
+            self.strict = truthy(settings.get(STRICT_SETTING))
         self._added_path = str(self.script_root) not in sys.path
-        self.loaded = load_app(self.script_root, settings)
-        for spec in self.loaded.specs:
-            if spec.trigger_type not in SUPPORTED_TRIGGERS:
-                raise ConfigError(f"function {spec.name}: trigger {spec.trigger_type} is not"
-                                  " supported by devhost")
-            if spec.trigger_type not in STORAGELESS_TRIGGERS:
-                try:
-                    HostConnection.resolve("AzureWebJobsStorage", settings)
-                except ConnectionSettingError as exc:
-                    raise ConfigError(
-                        f"function {spec.name}: AzureWebJobsStorage is required for"
-                        f" {spec.trigger_type} functions ({exc})") from None
-            for binding in spec.inputs() + spec.outputs():
-                if binding.get("type") not in SUPPORTED_BINDINGS:
-                    raise ConfigError(f"function {spec.name}: binding {binding.get('name')!r}"
-                                      f" of type {binding.get('type')} is not supported by"
-                                      " devhost")
+        self.loaded = self._index(settings)
         threads = int(_float_setting(settings, "PYTHON_THREADPOOL_THREAD_COUNT", None, 1, 1000)
                       or min(32, (os.cpu_count() or 1) + 4))
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="devhost-fn")
         self._io_executor = ThreadPoolExecutor(8, thread_name_prefix="devhost-io")
         timeout = (self.config.function_timeout.total_seconds()
                    if self.config.function_timeout else None)
-        self.invoker = Invoker(loop, self._executor, self._io_executor, StorageBindings(),
+        storage = StorageBindings()
+        self.invoker = Invoker(loop, self._executor, self._io_executor, storage,
                                str(self.script_root), timeout)
+        self.invoker.on_queue_write = lambda connection, queue: self.queue_watcher.notify(
+            storage.queue_account(connection), queue)
         self.disabled = disabled_functions([s.name for s in self.loaded.specs], settings)
         for name in sorted(self.disabled):
             log.info("function %s is disabled by its AzureWebJobs.%s.Disabled setting",
                      name, name)
-        self._build_triggers(blob_poll or 10.0, queue_poll)
-        webhook = EventGridWebhook({n: t for n, t in self.blob_triggers.items()
-                                    if is_event_grid(t.spec) and n not in self.disabled},
-                                   self.keys, self.spawn)
-        uses_durable = any(s.uses_durable for s in self.loaded.specs)
-        body_limit = _float_setting(settings, BODY_LIMIT_SETTING, MAX_BODY_BYTES, 1024, 2**31)
-        self.front = HttpFront(
-            self.loaded.specs, self.config.route_prefix, self.keys, self.invoker,
-            admin_invoke=self.admin_invoke, blobs_webhook=webhook.handle,
-            durable_webhook=self._durable_http if uses_durable else None, status=self.status,
-            max_body_bytes=int(body_limit or MAX_BODY_BYTES), disabled=self.disabled,
-            cors=str(self._host_section.get("CORS") or ""),
-            cors_credentials=bool(self._host_section.get("CORSCredentials")))
+        body_limit = int(_float_setting(settings, BODY_LIMIT_SETTING, MAX_BODY_BYTES, 1024,
+                                        2**31) or MAX_BODY_BYTES)
         sock = bind_socket(self.bind_host, self.port)
         self.port = sock.getsockname()[1]
         try:
-            if uses_durable:  # before serving: the first request may need the engine
-                await self._start_durable(loop, settings)
+            if any(s.uses_durable for s in self.loaded.specs):
+                # before serving: the first request may need the engine
+                await self._start_durable_or_fail(loop, settings, body_limit)
+            specs = self.loaded.specs if self.state != "Error" else []
+            if specs:
+                self._build_triggers(specs, blob_poll or 10.0, queue_poll)
+            webhook = EventGridWebhook({n: t for n, t in self.blob_triggers.items()
+                                        if is_event_grid(t.spec) and n not in self.disabled},
+                                       self.keys, self.spawn)
+            self.front = HttpFront(
+                specs, self.config.route_prefix, self.keys, self.invoker,
+                admin_invoke=self.admin_invoke, blobs_webhook=webhook.handle,
+                durable_webhook=(self._durable_http if any(s.uses_durable for s in specs)
+                                 else None), status=self.status,
+                function_errors=self.function_errors, max_body_bytes=body_limit,
+                disabled=self.disabled,
+                cors=str(self._host_section.get("CORS") or ""),
+                cors_credentials=bool(self._host_section.get("CORSCredentials")))
             self._runner = web.AppRunner(self.front.application(), access_log=None,
                                          handle_signals=False)
             await self._runner.setup()
@@ -260,14 +271,86 @@ class DevHost:
         except BaseException:
             sock.close()
             raise
+        if self.state != "Error":
+            self.state = "Running"
         for runner in [*self.timers, *self.blob_pollers, *self.queue_listeners]:
             task = loop.create_task(runner.run())
             task.add_done_callback(self._task_done)
             self._loops.append(task)
 
-    def _build_triggers(self, blob_poll: float, queue_poll: float | None) -> None:
-        assert self.loaded is not None and self.invoker is not None
-        for spec in self.loaded.specs:
+    def _index(self, settings: Mapping[str, str]) -> LoadedApp:
+        """Import and index the app. Not strict, as the real host: an app the worker cannot
+        index runs with no functions (`GrpcWorkerChannel` logs "Worker failed to index
+        functions" and the host goes on), and each function the host cannot bind is left
+        out with its errors (`ScriptHost.FunctionErrors`, "The 'X' function is in error")."""
+        errors: dict[str, list[str]] | None = None if self.strict else {}
+        try:
+            loaded = load_app(self.script_root, settings, errors)
+        except IndexingError as exc:
+            if self.strict:
+                raise
+            cause = exc.__cause__
+            log.error("Worker failed to index functions\nResult: Failure\nException: %s", exc,
+                      exc_info=(type(cause), cause, cause.__traceback__) if cause else None)
+            loaded = LoadedApp(None, None, [], [])
+        self.loaded = loaded  # so that stop() forgets the module even if strict raises below
+        function_errors = errors or {}
+        for spec in loaded.specs:
+            problem = self._host_problem(spec, settings)
+            if problem is not None:
+                if self.strict:
+                    raise ConfigError(problem)
+                function_errors.setdefault(spec.name, []).append(problem)
+        loaded.specs = [s for s in loaded.specs if s.name not in function_errors]
+        loaded.functions = [f for f in loaded.functions
+                            if f.get_function_name() not in function_errors]
+        for name, messages in function_errors.items():
+            log.error("The '%s' function is in error: %s", name, "\n".join(messages))
+        if not loaded.specs:
+            log.warning("No job functions found.")
+        self.function_errors = function_errors
+        return loaded
+
+    @staticmethod
+    def _host_problem(spec: FunctionSpec, settings: Mapping[str, str]) -> str | None:
+        """Why the host cannot bind this function (an extension devhost lacks, or no
+        storage for a storage trigger), or None."""
+        if spec.trigger_type not in SUPPORTED_TRIGGERS:
+            return f"function {spec.name}: trigger {spec.trigger_type} is not supported by devhost"
+        if spec.trigger_type not in STORAGELESS_TRIGGERS:
+            try:
+                HostConnection.resolve("AzureWebJobsStorage", settings)
+            except ConnectionSettingError as exc:
+                return (f"function {spec.name}: AzureWebJobsStorage is required for"
+                        f" {spec.trigger_type} functions ({exc})")
+        for binding in spec.inputs() + spec.outputs():
+            if binding.get("type") not in SUPPORTED_BINDINGS:
+                return (f"function {spec.name}: binding {binding.get('name')!r} of type"
+                        f" {binding.get('type')} is not supported by devhost")
+        return None
+
+    async def _start_durable_or_fail(self, loop: asyncio.AbstractEventLoop,
+                                     settings: Mapping[str, str], body_limit: int) -> None:
+        """Start the durable engine. When it cannot start and the host is not strict, the
+        host goes to state Error with the reason (`WebJobsScriptHostService`: a failed
+        start sets `LastError` and `State = Error`) and serves no functions."""
+        try:
+            await self._start_durable(loop, settings, body_limit)
+        except Exception as exc:
+            if self.strict:
+                raise
+            log.error("A host error has occurred during startup operation: %s", exc,
+                      exc_info=exc if not isinstance(exc, DevHostError) else None)
+            await self._stop_durable()
+            self.state = "Error"
+            self.errors = [f"{type(exc).__name__}: {exc}" if not isinstance(
+                exc, DevHostError) else str(exc)]
+
+    def _build_triggers(self, specs: list[FunctionSpec], blob_poll: float,
+                        queue_poll: float | None) -> None:
+        assert self.invoker is not None
+        storage = self.invoker.storage
+        for spec in specs:
             # A disabled function gets no listener, so its trigger never fires; admin invoke
             # still runs it (its blob trigger object is kept for that).
             disabled = spec.name in self.disabled
@@ -280,11 +363,13 @@ class DevHost:
                 if not disabled and not is_event_grid(spec):
                     self.blob_pollers.append(BlobPoller(trigger, blob_poll, self._stop))
             elif spec.trigger_type == "queueTrigger" and not disabled:
-                self.queue_listeners.append(QueueListener(spec, self.invoker, self.config,
-                                                          self._stop, queue_poll))
+                self.queue_listeners.append(QueueListener(
+                    spec, self.invoker, self.config, self._stop, queue_poll,
+                    watch=lambda connection, queue: self.queue_watcher.register(
+                        storage.queue_account(connection), queue)))
 
     async def _start_durable(self, loop: asyncio.AbstractEventLoop,
-                             settings: Mapping[str, str]) -> None:
+                             settings: Mapping[str, str], body_limit: int) -> None:
         """Start the durable engine, its HTTP API and the loopback RPC listener the durable
         SDK calls (the extension's `LocalHttpListener`: no keys, 127.0.0.1 only)."""
         assert self.loaded is not None and self.invoker is not None and self.keys is not None
@@ -305,8 +390,7 @@ class DevHost:
         self.durable_api = DurableHttpApi(
             self.engine, self.base_url, rpc_base_url=rpc_url,
             system_key=self.keys.durable_extension if self.keys.enforce else None)
-        rpc_app = web.Application(client_max_size=self.front.max_body_bytes if self.front
-                                  else MAX_BODY_BYTES)
+        rpc_app = web.Application(client_max_size=body_limit)
         rpc_app.router.add_route("*", RPC_PATH + "{tail:(/.*)?}", self._durable_rpc)
         self._rpc_runner = web.AppRunner(rpc_app, access_log=None, handle_signals=False)
         try:
@@ -396,8 +480,14 @@ class DevHost:
                                   "This function was programmatically called via the host APIs.")
 
     def status(self) -> dict[str, Any]:
-        return {"id": self.host_id, "state": "Running", "version": "devhost",
-                "functions": [s.name for s in (self.loaded.specs if self.loaded else [])]}
+        """`GET /admin/host/status`, in the host's field names (`HostStatus`): `errors` only
+        when the host failed to start (state Error); function errors are per function."""
+        status: dict[str, Any] = {
+            "id": self.host_id, "state": self.state, "version": "devhost",
+            "functions": [s.name for s in (self.loaded.specs if self.loaded else [])]}
+        if self.errors:
+            status["errors"] = list(self.errors)
+        return status
 
     def describe(self) -> str:
         """The function list printed at start, like `func start`."""
@@ -412,6 +502,15 @@ class DevHost:
                              f"{self.front.url_of(self.base_url, entry)}")
             else:
                 lines.append(f"        {spec.name}: {spec.trigger_type}")
+            lines.append("")
+        for name, messages in self.function_errors.items():
+            lines.append(f"        {name}: in error: {messages[0]}")
+            lines.append("")
+        if not self.loaded.specs and not self.function_errors:
+            lines.append("        (none: see the errors above)")
+            lines.append("")
+        if self.state == "Error":
+            lines.append(f"The host is in state Error: {'; '.join(self.errors)}")
             lines.append("")
         if self.keys is not None and not self.keys.enforce:
             lines.append("Keys are not checked (like func start); --enable-auth or"
@@ -446,16 +545,7 @@ class DevHost:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._rpc_runner is not None:
-            await self._rpc_runner.cleanup()
-            self._rpc_runner = None
-        self.durable_api = None
-        if self.engine is not None:
-            try:
-                await self.engine.stop()
-            except Exception as exc:  # noqa: BLE001 - shutdown goes on
-                log.error("durable engine stop failed: %s", exc, exc_info=exc)
-            self.engine = None
+        await self._stop_durable()
         if self.loaded is not None and any(s.uses_durable for s in self.loaded.specs):
             await close_durable_client_session()
         if self._io_executor is not None:
@@ -466,6 +556,20 @@ class DevHost:
         self._executor = self._io_executor = None
         self._restore()
 
+    async def _stop_durable(self) -> None:
+        if self._rpc_runner is not None:
+            await self._rpc_runner.cleanup()
+            self._rpc_runner = None
+        self.durable_api = None
+        if self.invoker is not None:
+            self.invoker.durable_client_json = None
+        if self.engine is not None:
+            try:
+                await self.engine.stop()
+            except Exception as exc:  # noqa: BLE001 - shutdown goes on
+                log.error("durable engine stop failed: %s", exc, exc_info=exc)
+            self.engine = None
+
     def _restore(self) -> None:
         if self._saved_env is not None:
             os.environ.clear()
@@ -474,7 +578,8 @@ class DevHost:
         if self._added_path and str(self.script_root) in sys.path:
             sys.path.remove(str(self.script_root))
             self._added_path = False
-        if self.loaded is not None and sys.modules.get("function_app") is self.loaded.module:
+        if (self.loaded is not None and self.loaded.module is not None
+                and sys.modules.get("function_app") is self.loaded.module):
             del sys.modules["function_app"]
 
 

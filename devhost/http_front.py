@@ -107,6 +107,7 @@ class HttpFront:
                  invoker: Invoker, admin_invoke: Callable[[FunctionSpec, Any], Awaitable[None]],
                  blobs_webhook: WebHandler, durable_webhook: WebHandler | None,
                  status: Callable[[], dict[str, Any]],
+                 function_errors: Mapping[str, list[str]] | None = None,
                  max_body_bytes: int = MAX_BODY_BYTES, cors: str = "",
                  cors_credentials: bool = False,
                  disabled: frozenset[str] = frozenset()) -> None:
@@ -121,6 +122,7 @@ class HttpFront:
         self.durable_webhook = durable_webhook
         self.status = status
         self.by_name = {s.name.lower(): s for s in specs}
+        self.function_errors = {k.lower(): list(v) for k, v in (function_errors or {}).items()}
         self.routes: RouteTable[HttpFunction] = RouteTable()
         self.http_functions: list[HttpFunction] = []
         self.disabled = disabled
@@ -240,12 +242,25 @@ class HttpFront:
             return web.json_response([{"name": s.name, "trigger": s.trigger_type,
                                        "isDisabled": s.name in self.disabled}
                                       for s in self.by_name.values()])
+        if (len(parts) == 4 and parts[1] == "functions" and parts[3] == "status"
+                and request.method == "GET"):
+            return self._function_status(parts[2])
         if len(parts) == 3 and parts[1] == "functions":
             if request.method != "POST":
                 return error_response(405, "MethodNotAllowed", "use POST to invoke a function",
                                       headers={"Allow": "POST"})
             return await self._admin_invoke(request, parts[2])
         return bare(404)
+
+    def _function_status(self, name: str) -> web.Response:
+        """`GET /admin/functions/{name}/status` (`FunctionsController.GetFunctionStatus`):
+        `{"errors": [...]}` for a function in error, `{}` for a healthy one, 404 for none."""
+        errors = self.function_errors.get(name.lower())
+        if errors is not None:
+            return web.json_response({"errors": errors})
+        if name.lower() not in self.by_name:
+            return bare(404)
+        return web.json_response({})
 
     async def _admin_invoke(self, request: web.Request, name: str) -> web.StreamResponse:
         spec = self.by_name.get(name.lower())

@@ -228,6 +228,9 @@ class Invoker:
         self.script_root = script_root
         self.timeout = timeout
         self.durable_client_json = durable_client_json
+        #: Called on the loop after a queue output binding wrote to (connection, queue): the
+        #: host wakes its own listeners of that queue (`devhost.queues.QueueWatcher`).
+        self.on_queue_write: Callable[[str | None, str], None] | None = None
 
     async def io(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking storage call on the I/O pool."""
@@ -342,6 +345,8 @@ class Invoker:
         elif kind == "queue":
             queue = resolve_expression(str(binding["queueName"]), metadata).lower()
             await self.io(self.storage.send_messages, conn, queue, queue_bodies(value, name))
+            if self.on_queue_write is not None:
+                self.on_queue_write(conn, queue)
         elif kind == "table":
             if isinstance(value, io.IOBase):
                 value = value.read()

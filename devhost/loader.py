@@ -69,7 +69,10 @@ class FunctionSpec:
 
 @dataclass
 class LoadedApp:
-    module: ModuleType
+    """The imported app and its functions; `module` and `app` are None for an app that
+    failed to index (the host then runs with no functions)."""
+
+    module: ModuleType | None
     app: Any
     functions: list[Any]
     specs: list[FunctionSpec]
@@ -132,8 +135,14 @@ def _check_parameters(spec: FunctionSpec) -> None:
                                 f" must be annotated func.Out[...]")
 
 
-def index_functions(functions: list[Any], settings: Mapping[str, str]) -> list[FunctionSpec]:
-    """FunctionSpecs for indexed functions, with app settings resolved in binding fields."""
+def index_functions(functions: list[Any], settings: Mapping[str, str],
+                    errors: dict[str, list[str]] | None = None) -> list[FunctionSpec]:
+    """FunctionSpecs for indexed functions, with app settings resolved in binding fields.
+
+    A `%NAME%` that resolves to nothing is the host's error, not the worker's: with an
+    `errors` dict it puts that one function in error (name -> messages, left out of the
+    result) and the others go on, as the host's `FunctionErrors`; without one it raises.
+    Everything else here is checked by the worker, whose whole metadata answer fails."""
     specs: list[FunctionSpec] = []
     seen: set[str] = set()
     for function in functions:
@@ -143,23 +152,32 @@ def index_functions(functions: list[Any], settings: Mapping[str, str]) -> list[F
         seen.add(name.lower())
         raw = [json.loads(b) if isinstance(b, str) else dict(b)
                for b in function.get_raw_bindings()]
-        try:
-            bindings = [resolve_binding(b, settings, f"function {name}") for b in raw]
-        except ConfigError as exc:
-            raise IndexingError(str(exc)) from None
         trigger_type = function.get_trigger().type
-        triggers = [b for b in bindings if b.get("type") == trigger_type
+        triggers = [b for b in raw if b.get("type") == trigger_type
                     and b.get("direction", "").upper() == "IN"]
         if len(triggers) != 1:
             raise IndexingError(f"function {name}: expected one {trigger_type} binding")
-        spec = FunctionSpec(name=name, trigger=triggers[0], bindings=bindings,
-                            user_function=function.get_user_function(), function=function)
-        _check_parameters(spec)
-        specs.append(spec)
+        _check_parameters(FunctionSpec(name=name, trigger=triggers[0], bindings=raw,
+                                       user_function=function.get_user_function(),
+                                       function=function))
+        try:
+            bindings = [resolve_binding(b, settings, f"function {name}") for b in raw]
+        except ConfigError as exc:
+            if errors is None:
+                raise IndexingError(str(exc)) from None
+            errors.setdefault(name, []).append(str(exc))
+            continue
+        trigger = bindings[raw.index(triggers[0])]
+        specs.append(FunctionSpec(name=name, trigger=trigger, bindings=bindings,
+                                  user_function=function.get_user_function(),
+                                  function=function))
     return specs
 
 
-def load_app(script_root: Path, settings: Mapping[str, str]) -> LoadedApp:
+def load_app(script_root: Path, settings: Mapping[str, str],
+             errors: dict[str, list[str]] | None = None) -> LoadedApp:
+    """Import and index the app; IndexingError when the worker would fail the whole app
+    (import error, no FunctionApp, inconsistent function). `errors`: see index_functions."""
     module = import_app_module(script_root)
     try:
         app = find_app(module)
@@ -167,7 +185,7 @@ def load_app(script_root: Path, settings: Mapping[str, str]) -> LoadedApp:
             functions = list(app.get_functions())
         except Exception as exc:
             raise IndexingError(f"indexing failed: {type(exc).__name__}: {exc}") from exc
-        return LoadedApp(module, app, functions, index_functions(functions, settings))
+        return LoadedApp(module, app, functions, index_functions(functions, settings, errors))
     except IndexingError:
         if sys.modules.get("function_app") is module:
             del sys.modules["function_app"]

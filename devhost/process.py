@@ -2,6 +2,9 @@
 
 A child process gives full isolation (environment, imported modules, the durable SDK's
 per-process HTTP session); `stop()` sends SIGINT like Ctrl+C and returns the exit code.
+Strict indexing is on by default: `/admin/host/ping` answers as soon as the host serves,
+even with an app that failed to index, so a broken app must make the child exit instead,
+and `start()` then fails at once with the child's output.
 """
 from __future__ import annotations
 
@@ -33,14 +36,17 @@ def free_port() -> int:
 
 class DevHostProcess:
     """`python -m devhost start` for `script_root` on `port` (a free one by default);
-    `enable_auth` adds `--enable-auth` (keys checked as on Azure)."""
+    `enable_auth` adds `--enable-auth` (keys checked as on Azure); `strict` (default)
+    adds `--strict-indexing`: an app that fails to index stops the child."""
 
     def __init__(self, script_root: str | Path, env: Mapping[str, str] | None = None,
-                 port: int | None = None, enable_auth: bool = False) -> None:
+                 port: int | None = None, enable_auth: bool = False,
+                 strict: bool = True) -> None:
         self.script_root = Path(script_root).resolve()
         self.port = port or free_port()
         self.env = dict(env or {})
         self.enable_auth = enable_auth
+        self.strict = strict
         self.process: subprocess.Popen[bytes] | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="devhost-", suffix=".log", delete=False)  # noqa: SIM115
         self.returncode: int | None = None
@@ -60,7 +66,8 @@ class DevHostProcess:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "devhost", "start", "--script-root", str(self.script_root),
-             "--port", str(self.port), *(["--enable-auth"] if self.enable_auth else [])],
+             "--port", str(self.port), *(["--enable-auth"] if self.enable_auth else []),
+             *(["--strict-indexing"] if self.strict else [])],
             cwd=PROJECT_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

@@ -6,7 +6,8 @@ message is decoded on its own (a message that is not base64 fails alone, like a 
 error, instead of breaking the batch); messages run concurrently. Success deletes the
 message, a failure makes it visible again after `visibilityTimeout`, and a message that
 failed `maxDequeueCount` times moves to `NAME-poison`. An empty poll doubles the wait, up to
-`maxPollingInterval`.
+`maxPollingInterval`, unless a function of the same host writes to the queue: the
+`QueueWatcher` then wakes the listener at once, as the host's shared queue watcher does.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import base64
 import binascii
 import json
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -43,11 +46,38 @@ def decode_message(content: str) -> bytes:
         raise BadMessageError(f"message is not base64: {exc}") from None
 
 
+class QueueWatcher:
+    """Wakes the listeners of a queue when a function of this host wrote to it.
+
+    The storage queues extension does this with its per-host `SharedQueueWatcher`: the queue
+    output binding (`QueueAsyncCollector.AddAsync` in `QueuesExtensionConfigProvider.cs`)
+    calls `Notify(queueName)` after each message, and every listener registered for that
+    name polls at once with its backoff reset. Here a queue is named by its account's queue
+    endpoint and its name, so a write to a same-named queue elsewhere wakes nothing.
+    Everything runs on the host's event loop.
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, str], list[asyncio.Event]] = {}
+
+    def register(self, account: str, queue: str) -> asyncio.Event:
+        """The event set whenever `queue` on `account` is written by this host."""
+        event = asyncio.Event()
+        self._events.setdefault((account, queue.lower()), []).append(event)
+        return event
+
+    def notify(self, account: str, queue: str) -> None:
+        for event in self._events.get((account, queue.lower()), ()):
+            event.set()
+
+
 class QueueListener:
-    """Polls one queue for one function until `stop` is set."""
+    """Polls one queue for one function until `stop` is set; `wake` (from the host's
+    `QueueWatcher`) ends a backoff wait early."""
 
     def __init__(self, spec: FunctionSpec, invoker: Invoker, config: HostConfig,
-                 stop: asyncio.Event, max_poll_seconds: float | None = None) -> None:
+                 stop: asyncio.Event, max_poll_seconds: float | None = None,
+                 watch: Callable[[str | None, str], asyncio.Event] | None = None) -> None:
         self.spec = spec
         self.invoker = invoker
         self.stop = stop
@@ -61,6 +91,12 @@ class QueueListener:
                          else config.queue_max_polling_interval.total_seconds())
         timeout = config.function_timeout.total_seconds() if config.function_timeout else 600
         self.lease_seconds = int(min(max(timeout + 30, 60), 7 * 24 * 3600))
+        self.wake = watch(self.connection, self.queue) if watch else asyncio.Event()
+        #: The current empty-poll wait: its length and when it ends (`time.monotonic()`),
+        #: None while polling or running messages.
+        self.wait_seconds = 0.0
+        self.wait_ends: float | None = None
+        self.wakeups = 0  # waits cut short by a write of this host
 
     def _client(self) -> Any:
         return self.invoker.storage.raw_queue(self.connection, self.queue)
@@ -163,6 +199,7 @@ class QueueListener:
                                        return_when=asyncio.FIRST_COMPLETED)
                     running = {t for t in running if not t.done()}
                     continue
+                self.wake.clear()  # a write from now on is seen by this poll or the next
                 try:
                     messages = await self.invoker.io(self._receive)
                 except Exception as exc:  # noqa: BLE001 - keep polling through hiccups
@@ -172,10 +209,20 @@ class QueueListener:
                     delay = MIN_POLL_SECONDS
                     running |= {asyncio.ensure_future(self.handle(m)) for m in messages}
                     continue
-                waiters = running | {stop_wait}
-                await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                wake_wait = asyncio.ensure_future(self.wake.wait())
+                self.wait_seconds, self.wait_ends = delay, time.monotonic() + delay
+                try:
+                    await asyncio.wait(running | {stop_wait, wake_wait}, timeout=delay,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    wake_wait.cancel()
+                    self.wait_ends = None
                 running = {t for t in running if not t.done()}
-                delay = min(delay * 2, max(self.max_poll, MIN_POLL_SECONDS))
+                if self.wake.is_set():  # the host wrote to this queue: poll now, from the start
+                    self.wakeups += 1
+                    delay = MIN_POLL_SECONDS
+                else:
+                    delay = min(delay * 2, max(self.max_poll, MIN_POLL_SECONDS))
         finally:
             stop_wait.cancel()
             if running:

@@ -117,6 +117,14 @@ class StorageBindings:
                 self._queue[conn.name] = conn.queue_service()
             return self._queue[conn.name]
 
+    def queue_account(self, connection: str | None) -> str:
+        """Names the storage account behind a connection's queues (its queue endpoint), so
+        two connection settings for one account name the same queues."""
+        try:
+            return str(self.queue_service(connection).url).rstrip("/").lower()
+        except BindingError:  # the listener reports the setting when it polls
+            return f"setting:{connection or 'AzureWebJobsStorage'}"
+
     def raw_queue(self, connection: str | None, queue: str) -> QueueClient:
         """A queue client without encode/decode policies: message text as stored."""
         return self.queue_service(connection).get_queue_client(queue)

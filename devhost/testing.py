@@ -18,14 +18,16 @@ T = TypeVar("T")
 
 
 class ThreadedHost:
-    """A DevHost whose loop runs in a daemon thread."""
+    """A DevHost whose loop runs in a daemon thread; strict indexing unless `strict=False`
+    (a test of a broken app should fail at `start()`, not with a 404 later), or `None`
+    (setting DEVHOST_STRICT_INDEXING decides)."""
 
     def __init__(self, script_root: str | Path, env: Mapping[str, str] | None = None,
-                 port: int = 0) -> None:
+                 port: int = 0, strict: bool | None = True) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="devhost-loop",
                                        daemon=True)
-        self.host = DevHost(script_root, port=port, env=env)
+        self.host = DevHost(script_root, port=port, env=env, strict=strict)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -55,9 +57,9 @@ class ThreadedHost:
 
 @contextmanager
 def running_host(script_root: str | Path, env: Mapping[str, str] | None = None,
-                 port: int = 0) -> Iterator[ThreadedHost]:
+                 port: int = 0, strict: bool | None = True) -> Iterator[ThreadedHost]:
     """`with running_host(dir, env) as th:` -> th.host.base_url, th.host.master_key, ..."""
-    threaded = ThreadedHost(script_root, env, port)
+    threaded = ThreadedHost(script_root, env, port, strict)
     threaded.start()
     try:
         yield threaded

@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         console.print("Azurite on 127.0.0.1:10000-10002 (data in .azurite/)")
-    host = DevHostProcess(PROJECT_ROOT, env=env, port=args.port)
+    # Strict indexing: a broken app stops `make run` with its error instead of serving 404s.
+    host = DevHostProcess(PROJECT_ROOT, env=env, port=args.port, strict=True)
     status = 0
     try:
         host.start(timeout=120)

@@ -56,4 +56,4 @@ def test_cli_reports_a_bad_script_root(tmp_path: Path) -> None:
          "--port", "0"], check=False, cwd=PROJECT_ROOT, capture_output=True, text=True,
         timeout=60)
     assert result.returncode == 1
-    assert "function_app.py does not exist" in result.stderr
+    assert "nowhere does not exist" in result.stderr
