@@ -191,13 +191,16 @@ class StorageBindings:
                 except ResourceNotFoundError:
                     return "[]"
                 return json.dumps([jsonable(dict(entity))])
+            # As the extension builds it (`TablesExtensionConfigProvider`, JArray input):
+            # `PartitionKey eq '...' and FILTER`, the filter not parenthesised, so an `or` in
+            # it binds looser than the partition key.
             filters = []
             params: dict[str, Any] = {}
             if pk is not None:
                 filters.append("PartitionKey eq @pk")
                 params["pk"] = pk
             if binding.get("filter"):
-                filters.append(f"({resolve_expression(str(binding['filter']), metadata)})")
+                filters.append(resolve_expression(str(binding["filter"]), metadata))
             take = int(binding.get("take") or 0)
             query = " and ".join(filters)
             items = (client.query_entities(query, parameters=params) if query
@@ -230,12 +233,16 @@ class StorageBindings:
         for entity in entities:
             if not isinstance(entity, dict):
                 raise BindingError(f"table output {binding['name']!r}: entities must be objects")
-            row = dict(entity)
+            # The entity's own keys, in any letter case, win over the binding's and are not
+            # kept as properties (the extension's `CreateTableEntityFromJObject`).
+            row = {k: v for k, v in entity.items() if k.lower() not in ("partitionkey", "rowkey")}
             for field_name, key in (("PartitionKey", "partitionKey"), ("RowKey", "rowKey")):
-                if field_name not in row and binding.get(key) is not None:
-                    row[field_name] = resolve_expression(str(binding[key]), metadata)
-                if field_name not in row:
+                given = next((v for k, v in entity.items() if k.lower() == key.lower()), None)
+                if given is None and binding.get(key) is not None:
+                    given = resolve_expression(str(binding[key]), metadata)
+                if given is None:
                     raise BindingError(f"table output {binding['name']!r}: {field_name} missing")
+                row[field_name] = str(given)
             client.create_entity(row)
 
 
