@@ -34,12 +34,20 @@ from devhost.config import (
 from devhost.connections import ConnectionSettingError, HostConnection
 from devhost.durable.engine import DurableEngine
 from devhost.durable.http_api import DurableHttpApi
-from devhost.errors import BindingError, ConfigError, DevHostError, IndexingError, InvocationError
+from devhost.errors import (
+    BindingError,
+    ConfigError,
+    DevHostError,
+    IndexingError,
+    InvocationError,
+    RouteTemplateError,
+)
 from devhost.http_front import MAX_BODY_BYTES, HttpFront, error_response
 from devhost.invoker import Invoker, base_type, blob_argument
 from devhost.keys import HostKeys, truthy
 from devhost.loader import FunctionSpec, LoadedApp, load_app
 from devhost.queues import QueueListener, QueueWatcher
+from devhost.routes import RouteTemplate
 from devhost.storage_bindings import StorageBindings, split_blob_path
 from devhost.timers import TimerRunner
 
@@ -327,6 +335,11 @@ class DevHost:
             if binding.get("type") not in SUPPORTED_BINDINGS:
                 return (f"function {spec.name}: binding {binding.get('name')!r} of type"
                         f" {binding.get('type')} is not supported by devhost")
+        if spec.trigger_type == "httpTrigger":
+            try:
+                RouteTemplate.parse(str(spec.trigger.get("route") or spec.name))
+            except RouteTemplateError as exc:
+                return f"function {spec.name}: {exc}"
         return None
 
     async def _start_durable_or_fail(self, loop: asyncio.AbstractEventLoop,

@@ -81,6 +81,9 @@ def test_functions_in_error_are_left_out_and_the_others_serve(
         unsupported = requests.get(f"{base}/admin/functions/Unsupported/status",
                                    headers=MASTER, timeout=30).json()
         assert "eventHub" in " ".join(unsupported["errors"])
+        bad_route = requests.get(f"{base}/admin/functions/bad_route/status", headers=MASTER,
+                                 timeout=30).json()
+        assert "nosuchconstraint" in " ".join(bad_route["errors"])
         assert requests.get(f"{base}/admin/functions/ok/status", headers=MASTER,
                             timeout=30).json() == {}
         assert requests.get(f"{base}/admin/functions/nothing/status", headers=MASTER,

@@ -1,6 +1,6 @@
-"""One healthy HTTP function beside two the host cannot bind: a queue trigger whose queue
-name names an app setting that is not set, and an HTTP function with an output binding
-devhost has no extension for."""
+"""One healthy HTTP function beside three the host cannot bind: a queue trigger whose queue
+name names an app setting that is not set, an HTTP function with an output binding devhost
+has no extension for, and one whose route template does not parse."""
 import azure.functions as func
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
@@ -20,4 +20,9 @@ def unresolved(msg: func.QueueMessage) -> None:
 @app.route(route="hub")
 @app.event_hub_output(arg_name="out", event_hub_name="h", connection="HUB")
 def unsupported(req: func.HttpRequest, out: func.Out[str]) -> str:
+    return "never indexed"
+
+
+@app.route(route="items/{id:nosuchconstraint}")
+def bad_route(req: func.HttpRequest) -> str:
     return "never indexed"
