@@ -34,14 +34,7 @@ from devhost.config import (
 from devhost.connections import ConnectionSettingError, HostConnection
 from devhost.durable.engine import DurableEngine
 from devhost.durable.http_api import DurableHttpApi
-from devhost.errors import (
-    BindingError,
-    ConfigError,
-    DevHostError,
-    IndexingError,
-    InvocationError,
-    RouteTemplateError,
-)
+from devhost.errors import BindingError, ConfigError, DevHostError, IndexingError, InvocationError
 from devhost.http_front import MAX_BODY_BYTES, HttpFront, error_response
 from devhost.invoker import Invoker, base_type, blob_argument
 from devhost.keys import HostKeys, truthy
@@ -338,7 +331,7 @@ class DevHost:
         if spec.trigger_type == "httpTrigger":
             try:
                 RouteTemplate.parse(str(spec.trigger.get("route") or spec.name))
-            except RouteTemplateError as exc:
+            except DevHostError as exc:  # RouteTemplateError
                 return f"function {spec.name}: {exc}"
         return None
 
