@@ -36,12 +36,13 @@ from shared.paging import SortKey, equals_filter, page
 from shared.pool.backends.base import (
     DEALLOCATED,
     RUNNING,
+    STARTING,
     STOPPED,
     BackendError,
     Operation,
     Throttled,
 )
-from shared.pool.registry import RegistryError, UnknownVm, VmState
+from shared.pool.registry import InvalidTransition, RegistryError, UnknownVm, VmState
 from shared.pool.scaler import Scaler
 from shared.services import Services
 from shared.webhooks import callback_url, webhook_input
@@ -170,6 +171,7 @@ def run_step(scaler: Scaler, step: ChangeStep, spec: dict[str, Any], operation: 
     if kind == "register":
         slots = int(spec.get("slots") or default_slots)
         registry.ensure_members([vm], slots, spot=[vm] if spec.get("priority") == "spot" else ())
+        _take_running(scaler, vm)
         return step_done()
     if kind == "start":
         if operation is None:
@@ -195,6 +197,25 @@ def run_step(scaler: Scaler, step: ChangeStep, spec: dict[str, Any], operation: 
             pass
         return step_done()
     raise StepFailed(f"unknown step {kind!r}")
+
+
+def _take_running(scaler: Scaler, vm: str) -> None:
+    """A VM Azure created is already running (and billed): a member registered as deallocated
+    would refuse its agent's claims until a reconcile pass noticed. Take it in as it is."""
+    if not scaler.backend.manages_power:
+        return
+    try:
+        power = scaler.backend.power_state(vm)
+    except BackendError:
+        return  # a reconcile pass takes it in once the backend answers
+    if power not in (RUNNING, STARTING):
+        return
+    target = VmState.RUNNING if power == RUNNING else VmState.STARTING
+    try:
+        scaler.registry.transition(vm, target, [VmState.DEALLOCATED],
+                                   reason="running since it was provisioned")
+    except InvalidTransition:
+        pass  # already moved (a repeated step, or a pass that saw it first)
 
 
 def _wait_power(scaler: Scaler, vm: str, wanted: str) -> ChangeStepResult:

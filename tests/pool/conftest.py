@@ -96,6 +96,12 @@ class FakeArm:
     refuse_list_expand: bool = False  # answer a list with $expand (and no $filter) with 400
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
+    # Called with (vm name, "running" | "deallocated", the VM's record) when a VM comes up or
+    # goes down, so a test can run a machine for it (see tests/e2e/test_azure_mode.py).
+    on_power: Any = None
+    # Seconds after which an operation ends on its own, as Azure's do whether or not anyone
+    # polls them; None: only status polls move it (the unit tests count those).
+    op_seconds: float | None = None
 
     subscription: str = SUBSCRIPTION
     resource_group: str = RESOURCE_GROUP
@@ -122,8 +128,15 @@ class FakeArm:
         return (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
                 f"{provider}/{kind}/{name}")
 
+    def power(self, name: str, state: str) -> None:
+        vm = self.vms.get(name)
+        if vm is not None:
+            vm["power"] = state
+        if self.on_power is not None and state in ("running", "deallocated"):
+            self.on_power(name, state, vm or {})
+
     def add_vm(self, name: str, power: str = "deallocated", private_ip: str = "10.0.0.4",
-               public_ip: str | None = "20.50.60.70") -> None:
+               public_ip: str | None = "20.50.60.70", user_data: str | None = None) -> None:
         """A VM with a NIC (and a public IP) as provisioning would leave it."""
         pip_id = None
         if public_ip:
@@ -136,7 +149,8 @@ class FakeArm:
         if pip_id:
             config["publicIPAddress"] = {"id": pip_id}
         self.nics[f"{name}-nic"] = {"ipConfigurations": [config]}
-        self.vms[name] = {"power": power, "nic": f"{name}-nic", "size": "Standard_D2s_v3"}
+        self.vms[name] = {"power": power, "nic": f"{name}-nic", "size": "Standard_D2s_v3",
+                          "userData": user_data}
 
     def throttle(self, fragment: str, times: int = 1, retry_after: str = "1",
                  method: str = "") -> None:
@@ -154,9 +168,30 @@ class FakeArm:
 
     def new_operation(self, on_success: Any, error: dict[str, str] | None = None) -> str:
         op_id = f"op-{next(self._ids)}-{uuid.uuid4().hex[:6]}"
-        self.operations[op_id] = FakeOp(polls_left=self.op_polls, on_success=on_success,
-                                        error=error)
+        op = self.operations[op_id] = FakeOp(polls_left=self.op_polls, on_success=on_success,
+                                             error=error)
+        if self.op_seconds is not None:
+            timer = threading.Timer(self.op_seconds, self.finish, args=(op,))
+            timer.daemon = True
+            timer.start()
         return op_id
+
+    def finish(self, op: FakeOp) -> None:
+        with self.lock:
+            self.end(op)
+
+    @staticmethod
+    def end(op: FakeOp) -> None:
+        """End an operation still in progress: failed with its error, or succeeded (the lock
+        held)."""
+        if op.status != "InProgress":
+            return
+        if op.error:
+            op.status = "Failed"
+        else:
+            op.status = "Succeeded"
+            if op.on_success:
+                op.on_success()
 
 
 _PREFIX = re.compile(rf"^/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
@@ -235,12 +270,8 @@ def _handler(arm: FakeArm) -> type[BaseHTTPRequestHandler]:
             if op.status == "InProgress":
                 if op.polls_left > 0:
                     op.polls_left -= 1
-                elif op.error:
-                    op.status = "Failed"
                 else:
-                    op.status = "Succeeded"
-                    if op.on_success:
-                        op.on_success()
+                    arm.end(op)
             body: dict[str, Any] = {"name": op_id, "status": op.status,
                                     "startTime": "2026-01-01T00:00:00Z"}
             if op.status == "Failed":
@@ -341,8 +372,10 @@ def _handler(arm: FakeArm) -> type[BaseHTTPRequestHandler]:
             if method == "PUT" and not action:
                 def create() -> None:
                     nic_id = body["properties"]["networkProfile"]["networkInterfaces"][0]["id"]
-                    arm.vms[name] = {"power": "running", "nic": nic_id.rsplit("/", 1)[1],
-                                     "size": body["properties"]["hardwareProfile"]["vmSize"]}
+                    arm.vms[name] = {"power": "starting", "nic": nic_id.rsplit("/", 1)[1],
+                                     "size": body["properties"]["hardwareProfile"]["vmSize"],
+                                     "userData": body["properties"].get("userData")}
+                    arm.power(name, "running")
                 return self._lro(201, create, {"name": name, "location": body.get("location"),
                                                "properties": {"provisioningState": "Creating"}})
             if name not in arm.vms:
@@ -370,16 +403,19 @@ def _handler(arm: FakeArm) -> type[BaseHTTPRequestHandler]:
                 if action == "start":
                     vm["power"] = "starting"
 
-                    def done(vm: dict[str, Any] = vm) -> None:
-                        vm["power"] = "running"
+                    def done() -> None:
+                        arm.power(name, "running")
                 else:
                     vm["power"] = "deallocating"
 
-                    def done(vm: dict[str, Any] = vm) -> None:
-                        vm["power"] = "deallocated"
+                    def done() -> None:
+                        arm.power(name, "deallocated")
                 return self._lro(202, done, error=fail)
             if method == "DELETE" and not action:
-                return self._lro(202, lambda: arm.vms.pop(name, None))
+                def delete() -> None:
+                    arm.power(name, "deallocated")
+                    arm.vms.pop(name, None)
+                return self._lro(202, delete)
             return self._error(405, "MethodNotAllowed", f"{method} {action}")
 
         def do_GET(self) -> None:  # noqa: N802 - http.server naming
