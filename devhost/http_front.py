@@ -98,6 +98,10 @@ class HttpFunction:
 
 
 WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What the host answers at `/` (its HomeController's page): a plain "up and running" page.
+LANDING_PAGE = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Azure Functions"
+                "</title></head><body><h1>Your Functions 4.0 app is up and running</h1>"
+                "</body></html>")
 
 
 class HttpFront:
@@ -188,7 +192,7 @@ class HttpFront:
                 if lowered != self.prefix.lower() and not lowered.startswith(
                         self.prefix.lower() + "/"):
                     if not path:
-                        return web.json_response({"state": "Running"})
+                        return web.Response(text=LANDING_PAGE, content_type="text/html")
                     return bare(404)
                 path = path[len(self.prefix):].strip("/")
             return await self._function(request, path)

@@ -214,3 +214,12 @@ def test_json_nested_100000_deep_reaches_the_function(http_host: ThreadedHost) -
                    headers={"Content-Type": "application/json"})
     assert response.status_code == 200, response.text[:200]
     assert response.json() == {"bytes": len(deep)}
+
+
+def test_root_is_the_hosts_landing_page(http_host: ThreadedHost) -> None:
+    """azure-functions-host's HomeController: `/` answers 200 with an HTML "up and running"
+    page, no key needed."""
+    response = get(http_host, "/")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "is up and running" in response.text
