@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import re
 import socket
 import sys
@@ -83,6 +84,31 @@ def _float_setting(settings: Mapping[str, str], name: str, default: float | None
     if not low <= value <= high:
         raise ConfigError(f"setting {name}: expected {low:g} to {high:g}, got {raw!r}")
     return value
+
+
+RPC_DEFAULT_PORT = 17071
+RPC_PORTS = range(30000, 31000)
+RPC_ATTEMPTS = 10
+
+
+def bind_rpc_socket() -> socket.socket:
+    """The durable RPC listener's socket, picked as the extension's `LocalHttpListener` picks
+    it: 17071 first, then random ports of 30000-30999 (below the ephemeral range), ten tries in
+    all, so several hosts on one machine each get one."""
+    tried: set[int] = set()
+    for attempt in range(RPC_ATTEMPTS):
+        port = RPC_DEFAULT_PORT if attempt == 0 else random.choice(
+            [p for p in RPC_PORTS if p not in tried])
+        tried.add(port)
+        try:
+            sock = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        except OSError:
+            log.warning("failed to open local port %d (attempt #%d of %d)", port, attempt + 1,
+                        RPC_ATTEMPTS)
+            continue
+        sock.setblocking(False)
+        return sock
+    raise ConfigError(f"unable to open a durable RPC port after {RPC_ATTEMPTS} attempts")
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -391,7 +417,7 @@ class DevHost:
                                     hub_name=self.config.hub_name, loop=loop,
                                     executor=self._executor)
         await self.engine.start()
-        rpc_sock = bind_socket("127.0.0.1", 0)
+        rpc_sock = bind_rpc_socket()
         rpc_url = f"http://127.0.0.1:{rpc_sock.getsockname()[1]}{RPC_PATH}/"
         self.durable_api = DurableHttpApi(
             self.engine, self.base_url, rpc_base_url=rpc_url,

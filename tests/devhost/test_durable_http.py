@@ -277,3 +277,27 @@ def test_entity_routes(server: EngineServer) -> None:
         assert time.monotonic() < deadline, "entity never got state"
         time.sleep(0.05)
     assert got.json() == 7
+
+
+def test_rpc_port_is_17071_first_then_the_extensions_range(caplog) -> None:
+    """Durable extension `LocalHttpListener.StartAsync`: port 17071 first, then random ports of
+    30000-30999, ten attempts."""
+    import socket  # noqa: PLC0415
+
+    from devhost.host import RPC_DEFAULT_PORT, RPC_PORTS, bind_rpc_socket  # noqa: PLC0415
+
+    try:
+        holder = socket.create_server(("127.0.0.1", RPC_DEFAULT_PORT), reuse_port=False)
+    except OSError:
+        holder = None  # something on this machine holds it already: the same situation
+    try:
+        with caplog.at_level("WARNING", logger="devhost"):
+            sock = bind_rpc_socket()
+        try:
+            assert sock.getsockname()[1] in RPC_PORTS
+            assert f"failed to open local port {RPC_DEFAULT_PORT}" in caplog.text
+        finally:
+            sock.close()
+    finally:
+        if holder is not None:
+            holder.close()
