@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from azure.data.tables import UpdateMode
@@ -150,6 +150,12 @@ def change_step(services: Services, request: ChangeStepRequest) -> ChangeStepRes
         return step_done(str(exc))
 
 
+# Steps that stop a VM hold it against the scaler's policy (see VmRecord.held_until) for
+# HOLD_S from each time they run; the change polls far more often than that.
+HELD_STEPS = ("drain", "wait_idle", "deallocate", "delete")
+HOLD_S = 600.0
+
+
 def run_step(scaler: Scaler, step: ChangeStep, spec: dict[str, Any], operation: str | None,
              default_slots: int) -> ChangeStepResult:
     """Do (or poll) one step once.
@@ -159,6 +165,10 @@ def run_step(scaler: Scaler, step: ChangeStep, spec: dict[str, Any], operation: 
     """
     vm, kind = step["vm"], step["step"]
     registry, backend = scaler.registry, scaler.backend
+    if kind in HELD_STEPS:
+        registry.hold(vm, utcnow() + timedelta(seconds=HOLD_S))
+    elif kind == "start":
+        registry.hold(vm, None)  # an operator's start: the policy may stop it again later
     if kind in ("provision", "delete"):
         if operation is None:
             op = (backend.provision({**spec, "name": vm}) if kind == "provision"

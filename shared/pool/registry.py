@@ -94,12 +94,19 @@ class VmRecord:
     boot_seconds: float = 0.0  # how long the last start took until the agent was seen
     priority: VmPriority = VmPriority.REGULAR  # on-demand or spot
     agent_version: str = ""    # what the VM's agent reported in its last heartbeat
+    # Until when a pool change (stop, remove) has this VM in hand: the scaler's policy leaves
+    # it alone, or its warm floor would start again what the change is stopping. Each step of
+    # the change renews it, so a change that failed or was cancelled lets go on its own.
+    held_until: datetime | None = None
     # Billing: the open interval (from the start request; None while deallocated), the seconds
     # of every closed interval, and the boot seconds of the open one (-1: not up yet).
     billed_since: datetime | None = None
     billed_seconds: float = 0.0
     interval_boot_s: float = -1.0
     etag: str = ""
+
+    def held(self, now: datetime) -> bool:
+        return self.held_until is not None and self.held_until > now
 
     @property
     def free(self) -> int:
@@ -122,6 +129,8 @@ class VmRecord:
         }
         if self.billed_since is not None:
             entity["billedSince"] = self.billed_since
+        if self.held_until is not None:
+            entity["heldUntil"] = self.held_until
         if self.last_heartbeat is not None:
             entity["lastHeartbeat"] = self.last_heartbeat
         return entity
@@ -142,6 +151,7 @@ class VmRecord:
             billed_since=entity.get("billedSince"),
             billed_seconds=float(entity.get("billedSeconds", 0.0)),
             interval_boot_s=float(entity.get("intervalBootSeconds", -1.0)),
+            held_until=entity.get("heldUntil"),
             etag=entity.metadata.get("etag", ""))
 
     def billed_now(self, now: datetime) -> float:
@@ -379,6 +389,16 @@ class PoolRegistry:
         self._mutate(vm, beat)
 
     # --- the conditional write -------------------------------------------------------------
+
+    def hold(self, vm: str, until: datetime | None) -> VmRecord:
+        """Keep the scaler's policy off `vm` until `until` (None: let go)."""
+        def change(rec: VmRecord) -> VmRecord | None:
+            if rec.held_until == until:
+                return None
+            rec.held_until = until
+            return rec
+
+        return self._mutate(vm, change)
 
     def _mutate(self, vm: str, change: Callable[[VmRecord], VmRecord | None]) -> VmRecord:
         """Read, apply `change`, write with the ETag; retry on fresh data if the row moved.

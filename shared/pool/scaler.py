@@ -190,6 +190,8 @@ class Scaler:
                  records: Iterable[VmRecord] | None = None) -> policy.Snapshot:
         stamp = _as_datetime(now)
         recs = list(records) if records is not None else self.registry.list()
+        # A VM a pool change has in hand is the change's to start or stop, not the policy's.
+        recs = [r for r in recs if not r.held(stamp)]
         now_s = _epoch(stamp)
         rate = (policy.arrival_rate(self.arrival_times(now_s), now_s)
                 if self.arrival_times is not None else None)

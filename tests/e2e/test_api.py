@@ -244,3 +244,19 @@ def test_a_terminated_job_is_swept_and_run_again(start_app) -> None:
     status = requests.get(mgmt, params=key, timeout=30).json()
     assert status["runtimeStatus"] in ("Pending", "Running")
     assert app.blob_names(app.services.settings.data_container) == ["stuck.json"]
+
+
+def test_pool_remove_finishes_against_a_warm_floor(start_app) -> None:
+    """POOL_MIN_RUNNING keeps two VMs up; removing one of them must not be undone by the
+    floor starting it again while the change drains and deallocates it."""
+    app = start_app(POOL_VMS="vm01..vm02", POOL_MIN_RUNNING="2", POOL_MAX_RUNNING="2")
+    app.wait_for("the warm floor", lambda: sorted(
+        v["name"] for v in app.pool()["vms"] if v["state"] == "running") == ["vm01", "vm02"],
+        timeout=90)
+    removal = app.post("/api/changes", json={"changeType": "pool.remove", "vms": ["vm02"]})
+    assert removal.status_code == 202, removal.text
+    change_id = removal.json()["changeId"]
+    status = app.wait_for("pool.remove against the floor", lambda: (s := app.get(
+        f"/api/changes/{change_id}").json())["runtimeStatus"] == "Completed" and s, timeout=120)
+    assert status["status"] == "succeeded", status
+    assert [v["name"] for v in app.pool()["vms"]] == ["vm01"]

@@ -412,3 +412,31 @@ def test_run_scaler_from_settings(storage_env: dict[str, str], connection: Stora
 def _wait(check: Any, what: str, limit_s: float = 30.0) -> None:
     if not poll(check, limit_s):
         raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_a_vm_a_pool_change_holds_is_left_to_the_change(settings: Settings,
+                                                        connection: StorageConnection,
+                                                        registry: PoolRegistry,
+                                                        fake_arm: FakeArm) -> None:
+    """With a warm floor of two, the policy would start again the VM a pool.stop or
+    pool.remove is stopping; while the change holds it, the pass leaves it alone."""
+    from shared.changes import run_step  # noqa: PLC0415
+
+    backend = fake_arm.backend(retry_total=0)
+    for vm in ("vm01", "vm02"):
+        fake_arm.add_vm(vm)
+    sync_members(registry, "vm01..vm02", 1, backend)
+    warm = _scaler(settings, connection, registry, backend, min_running=2)
+    result = run_step(warm, {"vm": "vm02", "step": "drain", "status": "running"}, {}, None, 1)
+    assert result["done"] and not result["error"]
+    assert registry.get("vm02").held(datetime.now(timezone.utc))
+    report = warm.run_once()
+    assert report.started == ["vm01"]  # the floor is met without the held VM
+    assert registry.get("vm02").state == VmState.DEALLOCATED
+    # A hold that is not renewed (the change failed or was cancelled) lets go on its own.
+    later = datetime.now(timezone.utc) + timedelta(minutes=11)
+    assert not registry.get("vm02").held(later)
+    assert "vm02" in [vm.name for vm in warm.snapshot(now=later).vms]
+    # An operator's pool.start lets go at once.
+    run_step(warm, {"vm": "vm02", "step": "start", "status": "running"}, {}, None, 1)
+    assert registry.get("vm02").held_until is None
