@@ -53,14 +53,17 @@ class Azurite:
 
     @classmethod
     def start(cls, location: Path, ports: tuple[int, int, int] | None = None,
-              timeout: float = 30.0) -> Azurite:
+              timeout: float = 30.0, access_log: bool = False) -> Azurite:
+        """Start Azurite on `location`; with `access_log` it writes a line per request to
+        `azurite.log` (what the throughput benchmark counts), otherwise it stays silent."""
         if not AZURITE_BIN.exists():
             raise AzuriteError(f"{AZURITE_BIN} is missing: run `make install` (npm ci)")
         blob, queue, table = ports or (free_port(), free_port(), free_port())
         location.mkdir(parents=True, exist_ok=True)
         log = open(location / "azurite.log", "ab")  # noqa: SIM115 - lives as long as the process
         process = subprocess.Popen(
-            [str(AZURITE_BIN), "--silent", "--disableTelemetry", "--skipApiVersionCheck",
+            [str(AZURITE_BIN), *([] if access_log else ["--silent"]), "--disableTelemetry",
+             "--skipApiVersionCheck",
              "--location", str(location), "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1",
              "--tableHost", "127.0.0.1", "--blobPort", str(blob), "--queuePort", str(queue),
              "--tablePort", str(table)],
