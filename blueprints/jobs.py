@@ -18,7 +18,7 @@ from blueprints.http_util import (
 )
 from shared import callback, contracts, control
 from shared.api import bad_request, choice_param, conflict, int_param, not_found
-from shared.capacity import request_capacity
+from shared.capacity import scaler_pass
 from shared.contracts import RUN_STATUSES
 from shared.cost import CostBook
 from shared.deployment import deployment_status
@@ -220,7 +220,7 @@ async def vm_idle_http(req: func.HttpRequest) -> func.HttpResponse:
     vm = req.route_params.get("vm", "")
     idle = callback.check_idle(services, vm, req.get_body(), dict(req.headers))
     services.log.write("vm.idle", f"VM {vm} idle for {idle}s", vm=vm)
-    applied = request_capacity(services, f"{vm} idle")
+    applied = scaler_pass(services, f"{vm} idle")
     return json_response({"vm": vm, "deallocate": vm in applied.get("deallocate", [])})
 
 
@@ -232,7 +232,7 @@ async def vm_evicted_http(req: func.HttpRequest) -> func.HttpResponse:
     vm = req.route_params.get("vm", "")
     event_id = callback.check_evicted(services, vm, req.get_body(), dict(req.headers))
     callback.record_eviction(services, vm, event_id)
-    applied = request_capacity(services, f"{vm} evicted")
+    applied = scaler_pass(services, f"{vm} evicted")
     return json_response({"vm": vm, "state": "evicted", "start": applied.get("start", [])})
 
 

@@ -14,7 +14,7 @@ from blueprints.http_util import (
 )
 from shared import contracts, control, orchestrations
 from shared.api import choice_param, int_param, not_found
-from shared.capacity import pool_status, request_capacity
+from shared.capacity import pool_status, scaler_pass
 from shared.changes import (
     change_step,
     list_changes,
@@ -41,7 +41,7 @@ async def pool_scaler_timer(timer: func.TimerRequest,
     """Backstop: idle VMs past cooldown, VMs that never came up, claims of silent VMs, and
     (now and then) jobs whose orchestration ended without recording them."""
     services = get_services()
-    applied = request_capacity(services, "timer")
+    applied = scaler_pass(services, "timer")
     if any(applied.get(k) for k in ("start", "deallocate", "mark_failed", "abandoned")):
         log.info("pool_scaler_timer: %s", applied)
     swept = await sweep_now_and_then(services, client)

@@ -19,7 +19,23 @@ log = logging.getLogger(__name__)
 WORKER_RETENTION = timedelta(days=1)  # rows of ephemeral workers silent this long are pruned
 
 
-def request_capacity(services: Services, reason: str) -> dict[str, Any]:
+COALESCE_S = 1.0  # at most one event-driven pass per second per process
+
+
+def request_capacity(services: Services, reason: str, background: bool = False
+                     ) -> dict[str, Any]:
+    """A scaler pass for an event of the pipeline (work issued, job finished), coalesced
+    with the other requests of this process (`PassCoalescer`); returns the pass's report when
+    this call ran it, else `{"coalesced": true}` (always so with `background`)."""
+    coalescer = services.capacity_passes(lambda why: scaler_pass(services, why), COALESCE_S)
+    out: dict[str, Any] = {}
+    if coalescer.request(reason, lambda why: out.update(scaler_pass(services, why)),
+                         background=background):
+        return out
+    return {"coalesced": True, "reason": reason}
+
+
+def scaler_pass(services: Services, reason: str) -> dict[str, Any]:
     """One scaler pass. On the timer, also hand the claims of silent VMs back to the queue."""
     scaler = services.scaler
     abandoned = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from azure.data.tables import TableClient
@@ -37,18 +37,25 @@ class EventLog:
         return row_key
 
     def times(self, kind: str, since: datetime, now: datetime | None = None) -> list[float]:
-        """Epoch seconds of `kind` events since `since`: a key-range read of one or two days'
-        partitions (RowKeys invert time, so recent events are a prefix of the partition)."""
+        """Epoch seconds of `kind` events since `since`."""
+        return [at for _key, at in self.keyed_times(kind, since, now)]
+
+    def keyed_times(self, kind: str, since: datetime, now: datetime | None = None
+                    ) -> list[tuple[str, float]]:
+        """(RowKey, epoch seconds) of `kind` events since `since`: a key-range read of the
+        days' partitions (RowKeys invert time, so recent events are a prefix of each)."""
         now = now or utcnow()
         bound = f"{_MAX_TICKS - int(since.timestamp() * 1_000_000):019d}"
         days = sorted({since.strftime("%Y%m%d"), now.strftime("%Y%m%d")})
-        out: list[float] = []
+        out: list[tuple[str, float]] = []
         for partition in days:
             rows = self.table.query_entities(
                 "PartitionKey eq @p and RowKey le @bound and kind eq @k",
-                parameters={"p": partition, "bound": bound, "k": kind}, select=["at"])
-            out.extend(row["at"].timestamp() for row in rows)
+                parameters={"p": partition, "bound": bound, "k": kind},
+                select=["RowKey", "at"])
+            out.extend((row["RowKey"], row["at"].timestamp()) for row in rows)
         return out
+
 
     def day(self, day: datetime | None = None, kind: str | None = None,
             limit: int = 200) -> list[dict[str, Any]]:
@@ -63,3 +70,33 @@ class EventLog:
             if len(out) >= limit:
                 break
         return out
+
+
+class RecentTimes:
+    """Times of one kind of event over a sliding window, read incrementally.
+
+    The scaler wants the arrival rate of work on every pass; reading the whole window each time
+    costs in proportion to how busy it is (3,000 events in ten minutes made a pass's read 29
+    times a point read). This asks the log only for what was written since the previous call,
+    with a margin for writers whose clocks run a little behind, and keeps the window in memory,
+    so a pass costs one small read however many events the window holds.
+    """
+
+    MARGIN_S = 10.0
+
+    def __init__(self, log: EventLog, kind: str, window_s: float) -> None:
+        self.log, self.kind, self.window_s = log, kind, window_s
+        self._seen: dict[str, float] = {}  # RowKey → epoch seconds, within the window
+        self._read_to: float | None = None
+
+    def __call__(self, now: float) -> list[float]:
+        start = now - self.window_s
+        if self._read_to is not None:
+            start = max(start, self._read_to - self.MARGIN_S)
+        for key, at in self.log.keyed_times(self.kind, datetime.fromtimestamp(start, timezone.utc),
+                                            datetime.fromtimestamp(now, timezone.utc)):
+            self._seen[key] = at
+        self._read_to = now
+        cutoff = now - self.window_s
+        self._seen = {key: at for key, at in self._seen.items() if at > cutoff}
+        return list(self._seen.values())

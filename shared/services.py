@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from itertools import islice
+from typing import Any
 
 from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient
@@ -21,7 +22,8 @@ from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
 from shared.claims import ClaimStore
-from shared.eventlog import EventLog
+from shared.coalesce import PassCoalescer
+from shared.eventlog import EventLog, RecentTimes
 from shared.idempotency import IdempotencyStore
 from shared.issued import IssuedItems
 from shared.jobs import JobStore
@@ -43,6 +45,7 @@ class Services:
     _tables: dict[str, TableClient] = field(default_factory=dict, repr=False)
     _scaler: Scaler | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _coalescer: PassCoalescer | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Services:
@@ -106,12 +109,19 @@ class Services:
         with self._lock:
             if self._scaler is None:
                 scaler = Scaler.from_services(self)
-                scaler.arrival_times = lambda now: self.log.times(
-                    "work.issued", datetime.fromtimestamp(now - ARRIVAL_WINDOW_S, timezone.utc))
+                scaler.arrival_times = RecentTimes(self.log, "work.issued", ARRIVAL_WINDOW_S)
                 scaler.waiting_files = self.count_waiting_files
                 self.sync_members(scaler)
                 self._scaler = scaler
             return self._scaler
+
+    def capacity_passes(self, run: Callable[[str], Any], min_interval_s: float
+                        ) -> PassCoalescer:
+        """The process's coalescer of event-driven scaler passes (made on first use)."""
+        with self._lock:
+            if self._coalescer is None:
+                self._coalescer = PassCoalescer(run, min_interval_s)
+            return self._coalescer
 
     def count_waiting_files(self, limit: int = WAITING_FILES_LIMIT) -> int:
         """Blobs that arrived in the data container lately, in the first `limit` listed. Only

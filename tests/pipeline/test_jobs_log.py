@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from shared.contracts import FAILED, QUEUED, RUNNING, SUCCEEDED
-from shared.eventlog import EventLog
+from shared.eventlog import EventLog, RecentTimes
 from shared.jobs import JobNotFound, JobStore
 from shared.settings import Settings
 from shared.storage import StorageConnection, ensure_resources
@@ -76,3 +76,27 @@ def test_event_times_read_only_the_recent_window(settings: Settings,
     times = log.times("work.issued", since=now - timedelta(seconds=600), now=now)
     expected = [(now - timedelta(seconds=a)).timestamp() for a in (10, 300)]
     assert sorted(times) == pytest.approx(sorted(expected), abs=1e-3)
+
+
+def test_recent_times_reads_only_what_is_new(settings: Settings,
+                                             connection: StorageConnection) -> None:
+    ensure_resources(settings, connection)
+    log = EventLog(connection.table_service().get_table_client(settings.log_table))
+    kind = f"work.issued.{datetime.now().timestamp()}"  # this test's own events
+    now = datetime.now(timezone.utc)
+    for age in (700, 300, 100):
+        log.write(kind, f"{age}s ago", now=now - timedelta(seconds=age))
+    recent = RecentTimes(log, kind, window_s=600)
+    assert sorted(recent(now.timestamp())) == pytest.approx(
+        sorted((now - timedelta(seconds=a)).timestamp() for a in (300, 100)), abs=1e-3)
+    log.write(kind, "just now", now=now + timedelta(seconds=1))
+    # Written after the first read but dated well before it (beyond the margin for slow
+    # clocks): an incremental read does not go back for it, a whole-window read would.
+    log.write(kind, "late", now=now - timedelta(seconds=200))
+    later = now + timedelta(seconds=2)
+    got = recent(later.timestamp())
+    assert len(got) == 3 and max(got) == pytest.approx(
+        (now + timedelta(seconds=1)).timestamp(), abs=1e-3)
+    assert len(log.times(kind, since=later - timedelta(seconds=600), now=later)) == 4
+    # The window slides: the 300 s old event leaves it.
+    assert len(recent((now + timedelta(seconds=301)).timestamp())) == 2
