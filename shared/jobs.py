@@ -7,7 +7,7 @@ goes back to running.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -80,6 +80,14 @@ class Job:
             "duration_ms": "durationMs", "cancelled_by": "cancelledBy",
             "cancel_reason": "cancelReason", "retry_of": "retryOf", "retried_by": "retriedBy"}
 
+    def merged(self, values: dict[str, Any], etag: str) -> Job:
+        """This row after a merge of `values` (table columns) that returned `etag`: what a
+        read would give, without the read."""
+        attrs = {attr: values[col] for attr, col in self._MAP.items() if col in values}
+        job = replace(self, **attrs)
+        job.etag = etag
+        return job
+
     @classmethod
     def from_entity(cls, entity: Any) -> Job:
         values = {attr: entity.get(col) for attr, col in cls._MAP.items() if col in entity}
@@ -133,26 +141,33 @@ class JobStore:
                   "createdAt": now or utcnow(), "bytesIn": 0, "bytesOut": 0,
                   "retryOf": retry_of}
         try:
-            self.table.create_entity(entity)
+            meta = self.table.create_entity(entity)
         except ResourceExistsError:
-            pass
-        return self.get(job_id)
+            return self.get(job_id)
+        return Job(job_id=job_id, instance_id=instance_id, container=container, blob=blob,
+                   status=QUEUED).merged(entity, meta.get("etag", ""))
 
     def _update(self, job_id: str, changes: dict[str, Any] | Callable[[Job], dict[str, Any]],
-                allowed_from: tuple[str, ...] = (QUEUED, RUNNING), refuse: bool = False) -> Job:
+                allowed_from: tuple[str, ...] = (QUEUED, RUNNING), refuse: bool = False,
+                read: Job | None = None) -> Job:
         """ETag-guarded merge of `changes` (or of what they compute from the row), made only
         while the job is in `allowed_from`; otherwise the row is returned unchanged, or
-        `JobFinished` raised when `refuse`."""
+        `JobFinished` raised when `refuse`. `read` is the row as the caller just read it (the
+        first attempt uses it; a lost race reads again); the row returned is built from the
+        merge's ETag rather than read back."""
+        held = [read]
+
         def attempt() -> Job:
-            job = self.get(job_id)
+            job = held.pop() if held and held[0] is not None else self.get(job_id)
+            held.clear()
             if job.status not in allowed_from:
                 if refuse:
                     raise JobFinished(job_id, job.status)
                 return job
             values = changes(job) if callable(changes) else changes
-            update_if_unchanged(self.table, {"PartitionKey": job_id, "RowKey": ROW, **values},
-                                job.etag)
-            return self.get(job_id)
+            meta = update_if_unchanged(
+                self.table, {"PartitionKey": job_id, "RowKey": ROW, **values}, job.etag)
+            return job.merged(values, meta["etag"])
 
         return retry_on_conflict(
             attempt, lambda: RuntimeError(f"job {job_id}: too much write contention"))
@@ -177,12 +192,14 @@ class JobStore:
     def record_attempt(self, job_id: str, step: int, attempt: int,
                        now: datetime | None = None) -> Job:
         """A work item for (step, attempt) was issued; ignored once the job is finished."""
-        job = self.get(job_id)
-        changes: dict[str, Any] = {"status": RUNNING, "step": step,
+        def changes(job: Job) -> dict[str, Any]:
+            out: dict[str, Any] = {"status": RUNNING, "step": step,
                                    "attempts": max(job.attempts, attempt)}
-        if job.started_at is None:
-            changes["startedAt"] = now or utcnow()
-        return self._update(job_id, changes)
+            if job.started_at is None:
+                out["startedAt"] = now or utcnow()
+            return out
+
+        return self._update(job_id, changes, read=self.get(job_id))
 
     def record_finished(self, job_id: str, status: str, *, vm: str = "", bytes_in: int = 0,
                         bytes_out: int = 0, output: str = "", error: str = "",
@@ -205,7 +222,7 @@ class JobStore:
             changes["bytesIn"] = bytes_in
         if bytes_out:
             changes["bytesOut"] = bytes_out
-        return self._update(job_id, changes)
+        return self._update(job_id, changes, read=job)
 
     def list(self, status: str | None = None, run_id: str | None = None,
              limit: int = 100) -> list[Job]:

@@ -7,11 +7,16 @@ result and moving the original can all repeat without changing the outcome.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.data.tables import UpdateMode
 
 from shared import telemetry
@@ -160,25 +165,62 @@ def finish_job(services: Services, outcome: JobOutcome) -> dict[str, Any]:
 
 
 def _copy_then_delete(services: Services, source: Any, container: str, name: str) -> None:
-    """Stream the blob to `container` and delete the original; repeat-safe.
+    """Copy the blob to `container` server-side and delete the original; repeat-safe.
 
-    Streaming keeps memory flat for large inputs, and it needs no SAS or copy-source rights
-    (a server-side copy would, with identity-based access).
+    The copy and the delete are both conditional on the original's ETag, so a newer file
+    uploaded under the same name meanwhile (another job) is neither archived nor deleted here.
+    Storage copies within the account without the bytes passing through this process; where
+    it refuses (an identity without read rights on the source, say), the blob is streamed.
     """
     if source.container_name == container:
         return  # a retry of a job whose original is already there
     try:
         props = source.get_blob_properties()
-        stream = source.download_blob(etag=props.etag,
-                                      match_condition=MatchConditions.IfNotModified)
     except ResourceNotFoundError:
         return  # already moved by an earlier run of this step
+    target = services.blobs.get_blob_client(container, name)
+    unchanged = {"etag": props.etag, "match_condition": MatchConditions.IfNotModified}
     try:
-        services.blobs.get_blob_client(container, name).upload_blob(
-            stream.chunks(), length=props.size, overwrite=True, metadata=props.metadata)
-    except ResourceExistsError:
+        _server_side_copy(source, target, props.etag)
+    except ResourceModifiedError:
+        return  # replaced by a newer upload: that file is its own job's
+    except ResourceNotFoundError:
+        return
+    except HttpResponseError as exc:
+        if exc.status_code != 403:
+            raise
+        try:
+            stream = source.download_blob(**unchanged)
+        except (ResourceNotFoundError, ResourceModifiedError):
+            return
+        target.upload_blob(stream.chunks(), length=props.size, overwrite=True,
+                           metadata=props.metadata)
+    try:
+        source.delete_blob(**unchanged)
+    except (ResourceNotFoundError, ResourceModifiedError):
         pass
-    _delete_if_exists(source)
+
+
+COPY_WAIT_S = 300.0  # a copy within one account is usually done at once; a large one may not be
+
+
+def _server_side_copy(source: Any, target: Any, etag: str) -> None:
+    """Copy Blob from `source` (as it was at `etag`) to `target`, waiting until it is done."""
+    copy = target.start_copy_from_url(source.url, source_etag=etag,
+                                      source_match_condition=MatchConditions.IfNotModified)
+    status, pause = copy.get("copy_status"), 0.2
+    deadline = time.monotonic() + COPY_WAIT_S
+    while status == "pending":
+        if time.monotonic() > deadline:
+            target.abort_copy(copy["copy_id"])
+            raise TimeoutError(f"copy to {target.container_name}/{target.blob_name} still "
+                               f"pending after {COPY_WAIT_S:.0f} s")
+        time.sleep(pause)
+        pause = min(pause * 2, 5.0)
+        status = target.get_blob_properties().copy.status
+    if status != "success":
+        raise HttpResponseError(f"copy to {target.container_name}/{target.blob_name} ended "
+                                f"{status}")
 
 
 def _delete_if_exists(client: Any) -> None:
