@@ -34,13 +34,20 @@ def start_job(job: dict) -> dict:
 @bp.function_name(contracts.ISSUE_WORK_ITEM)
 @bp.activity_trigger(input_name="request")
 def issue_work_item(request: dict) -> dict:
-    return pipeline.issue_work_item(get_services(), request)
+    services = get_services()
+    issued = pipeline.issue_work_item(services, request)
+    if not issued.get("cancelled"):  # new work: the scaler looks soon (coalesced, not here)
+        request_capacity(services, "work issued", background=True)
+    return issued
 
 
 @bp.function_name(contracts.FINISH_JOB)
 @bp.activity_trigger(input_name="outcome")
 def finish_job(outcome: dict) -> dict:
-    return pipeline.finish_job(get_services(), outcome)
+    services = get_services()
+    recorded = pipeline.finish_job(services, outcome)
+    request_capacity(services, "job finished", background=True)  # a slot may be free
+    return recorded
 
 
 @bp.function_name(contracts.REQUEST_CAPACITY)

@@ -51,7 +51,9 @@ RUN_CHUNK = 50  # sub-orchestrations per generation of process_run (bounds its h
 # Orchestration versions this code can replay. host.json's `defaultVersion` stamps new
 # instances; an instance of a version this code does not know fails fast instead of replaying
 # a history written by different code (deploy newer code beside it; see docs/deployment.md).
-KNOWN_VERSIONS = ("1.0",)
+# 1.0 asked for capacity with an activity of its own after each work item and at the end;
+# from 2.0 the work-item and finish activities ask themselves (two episodes fewer per file).
+KNOWN_VERSIONS = ("1.0", "2.0")
 ACTIVITY_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2000,
                                  max_number_of_attempts=5)
 
@@ -82,7 +84,7 @@ def check_version(context: df.DurableOrchestrationContext) -> str:
 
 def process_file(context: df.DurableOrchestrationContext) -> Generator[Any, Any, dict]:
     """One file through every action: work item, capacity, done-or-timeout, bounded retries."""
-    check_version(context)
+    capacity_steps = check_version(context) == "1.0"
     job: FileJob = context.get_input()
     blob = f"{job['container']}/{job['blob']}"
     outcome: JobOutcome = {"jobId": job["jobId"], "status": SUCCEEDED, "error": "",
@@ -98,7 +100,8 @@ def process_file(context: df.DurableOrchestrationContext) -> Generator[Any, Any,
             if (row or {}).get("status") == CANCELLED:
                 result = {"status": CANCELLED}
             else:
-                result = yield from _run_step(context, job, step, action, blob, cancel)
+                result = yield from _run_step(context, job, step, action, blob, cancel,
+                                              capacity_steps)
             if result.get("status") == CANCELLED:
                 outcome.update(status=CANCELLED, error=CANCELLED)
                 break
@@ -114,7 +117,8 @@ def process_file(context: df.DurableOrchestrationContext) -> Generator[Any, Any,
     except Exception as exc:  # noqa: BLE001 - an activity gave up: record, don't strand the job
         outcome.update(status=FAILED, error=f"pipeline error: {public_reason(exc)}")
     recorded = yield from _record(context, job, outcome, started)
-    yield from _request_capacity(context, "job finished")
+    if capacity_steps:
+        yield from _request_capacity(context, "job finished")
     yield from notify(context, job.get("webhook"),
                       f"job.{recorded.get('status') or outcome['status']}", job["jobId"],
                       recorded or dict(outcome))
@@ -181,7 +185,8 @@ def _request_capacity(context: df.DurableOrchestrationContext,
 
 
 def _run_step(context: df.DurableOrchestrationContext, job: FileJob, step: int,
-              action: str, blob: str, cancel: Any) -> Generator[Any, Any, StepResult | dict]:
+              action: str, blob: str, cancel: Any,
+              capacity_steps: bool) -> Generator[Any, Any, StepResult | dict]:
     error = ""
     cancelled = {"status": "cancelled"}
     for attempt in range(1, int(job["maxAttempts"]) + 1):
@@ -196,7 +201,8 @@ def _run_step(context: df.DurableOrchestrationContext, job: FileJob, step: int,
             ISSUE_WORK_ITEM, ACTIVITY_RETRY, request)
         if issued.get("cancelled"):
             return cancelled
-        yield from _request_capacity(context, "work issued")
+        if capacity_steps:
+            yield from _request_capacity(context, "work issued")
         deadline = context.current_utc_datetime + timedelta(seconds=int(job["timeoutS"]))
         done = context.wait_for_external_event(issued["eventName"])
         timer = context.create_timer(deadline)
