@@ -22,7 +22,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobClient
+from azure.storage.blob import BlobClient, BlobServiceClient
 
 from devhost.errors import BindingError, ConfigError, InvocationError
 from devhost.http_front import error_response
@@ -70,6 +70,20 @@ class BlobPattern:
         return None if found is None else found.groupdict()
 
 
+def write_hosts_blob(service: BlobServiceClient, client: BlobClient, data: bytes,
+                     metadata: dict[str, str] | None = None) -> None:
+    """Write one of the host's own blobs (receipts, scan cursors), creating the hosts
+    container only when storage says it is missing, not before every write."""
+    try:
+        client.upload_blob(data, overwrite=True, metadata=metadata)
+    except ResourceNotFoundError:
+        try:
+            service.create_container(HOSTS_CONTAINER)
+        except ResourceExistsError:
+            pass
+        client.upload_blob(data, overwrite=True, metadata=metadata)
+
+
 class BlobTrigger:
     """One blob-triggered function: receipts, invocation and retries."""
 
@@ -97,12 +111,8 @@ class BlobTrigger:
             return {}
 
     def _write_receipt(self, etag: str, name: str, metadata: dict[str, str]) -> None:
-        service = self.invoker.storage.blob_service(None)
-        try:
-            service.create_container(HOSTS_CONTAINER)
-        except ResourceExistsError:
-            pass
-        self._receipt(etag, name).upload_blob(b"", overwrite=True, metadata=metadata)
+        write_hosts_blob(self.invoker.storage.blob_service(None), self._receipt(etag, name),
+                         b"", metadata)
 
     def _poison(self, name: str, etag: str) -> None:
         body = json.dumps({"Type": "BlobTrigger", "FunctionId": f"Host.Functions.{self.spec.name}",
@@ -120,6 +130,7 @@ class BlobTrigger:
         values = self.pattern.match(self.pattern.container, name)
         if values is None:
             return None
+        early: dict[str, str] | None = None
         if listed_etag is not None:
             early = await self.invoker.io(self._read_receipt, listed_etag, name)
             if early.get("completed") == "true":
@@ -135,7 +146,10 @@ class BlobTrigger:
             return None
         self._busy.add(key)
         try:
-            receipt = await self.invoker.io(self._read_receipt, etag, name)
+            # The receipt of the version just listed was read a moment ago: read it again only
+            # when the blob changed in between.
+            receipt = early if early is not None and etag == listed_etag else \
+                await self.invoker.io(self._read_receipt, etag, name)
             if receipt.get("completed") == "true":
                 return None
             metadata: dict[str, Any] = {"BlobTrigger": path, "Uri": props["Uri"],
@@ -172,11 +186,17 @@ class BlobTrigger:
 class BlobPoller:
     """The LogsAndContainerScan source: scans the container every `interval` seconds."""
 
-    def __init__(self, trigger: BlobTrigger, interval: float, stop: asyncio.Event) -> None:
+    def __init__(self, trigger: BlobTrigger, interval: float, stop: asyncio.Event,
+                 concurrency: int = 16) -> None:
         self.trigger = trigger
         self.interval = interval
         self.stop = stop
         self.cursor_path = f"blobscaninfo/{trigger.host_id}/{trigger.spec.name}/cursor"
+        # The host hands each blob a scan finds to its blob-trigger queue, whose listener runs
+        # as many at once as the queue options allow (`extensions.queues.batchSize`).
+        self.concurrency = max(1, concurrency)
+        self._cursor: datetime | None = None
+        self._cursor_loaded = False
 
     def _load_cursor(self) -> datetime | None:
         client = self.trigger.invoker.storage.blob_service(None).get_blob_client(
@@ -193,12 +213,8 @@ class BlobPoller:
 
     def _save_cursor(self, cursor: datetime) -> None:
         service = self.trigger.invoker.storage.blob_service(None)
-        try:
-            service.create_container(HOSTS_CONTAINER)
-        except ResourceExistsError:
-            pass
-        service.get_blob_client(HOSTS_CONTAINER, self.cursor_path).upload_blob(
-            json.dumps({"LatestScan": cursor.isoformat()}), overwrite=True)
+        write_hosts_blob(service, service.get_blob_client(HOSTS_CONTAINER, self.cursor_path),
+                         json.dumps({"LatestScan": cursor.isoformat()}).encode())
 
     def _list(self) -> list[tuple[str, datetime, str]]:
         trig = self.trigger
@@ -213,29 +229,34 @@ class BlobPoller:
     async def scan_once(self) -> int:
         """One scan; returns how many blobs were handled."""
         io = self.trigger.invoker.io
-        cursor = await io(self._load_cursor)
+        if not self._cursor_loaded:  # this poller is the cursor's only writer: read it once
+            self._cursor, self._cursor_loaded = await io(self._load_cursor), True
+        cursor = self._cursor
         items = await io(self._list)
-        handled = 0
-        retry_from: datetime | None = None
-        for name, modified, etag in sorted(items, key=lambda item: item[1]):
-            if self.stop.is_set():
-                return handled
-            if cursor is not None and modified < cursor:
-                continue
-            try:
-                outcome = await self.trigger.process(name, "LogsAndContainerScan", etag)
-            except (BindingError, OSError) as exc:
-                log.warning("blob %s for %s: %s", name, self.trigger.spec.name, exc)
-                outcome = False
-            if outcome is False and retry_from is None:
-                retry_from = modified
-            handled += outcome is True
-        newest = max((m for _, m, _ in items), default=cursor)
-        if retry_from is not None:
-            newest = retry_from
+        fresh = [item for item in sorted(items, key=lambda item: item[1])
+                 if cursor is None or item[1] >= cursor]
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(name: str, etag: str) -> bool | None:
+            async with gate:
+                if self.stop.is_set():
+                    return None
+                try:
+                    return await self.trigger.process(name, "LogsAndContainerScan", etag)
+                except (BindingError, OSError) as exc:
+                    log.warning("blob %s for %s: %s", name, self.trigger.spec.name, exc)
+                    return False
+
+        outcomes = await asyncio.gather(*(one(name, etag) for name, _, etag in fresh))
+        if self.stop.is_set():
+            return sum(1 for o in outcomes if o is True)
+        failed = [modified for (_, modified, _), o in zip(fresh, outcomes, strict=True)
+                  if o is False]
+        newest = min(failed) if failed else max((m for _, m, _ in items), default=cursor)
         if newest is not None and newest != cursor:
             await io(self._save_cursor, newest)
-        return handled
+            self._cursor = newest
+        return sum(1 for o in outcomes if o is True)
 
     async def run(self) -> None:
         while not self.stop.is_set():

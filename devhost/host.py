@@ -393,7 +393,10 @@ class DevHost:
                                       self.config.queue_max_dequeue_count)
                 self.blob_triggers[spec.name] = trigger
                 if not disabled and not is_event_grid(spec):
-                    self.blob_pollers.append(BlobPoller(trigger, blob_poll, self._stop))
+                    self.blob_pollers.append(BlobPoller(
+                        trigger, blob_poll, self._stop,
+                        concurrency=self.config.queue_batch_size
+                        + self.config.queue_new_batch_threshold))
             elif spec.trigger_type == "queueTrigger" and not disabled:
                 self.queue_listeners.append(QueueListener(
                     spec, self.invoker, self.config, self._stop, queue_poll,
