@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -356,7 +357,7 @@ def _single_latencies(services: Services, log: AccessLog, count: int) -> list[fl
 
 
 def measure(batches: list[int], singles: int, slots: int, raw_ops: int,
-            timeout: float) -> dict[str, Any]:
+            timeout: float, keep_log: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         state = Path(tmp)
         azurite = Azurite.start(state / "azurite", access_log=True)
@@ -411,6 +412,8 @@ def measure(batches: list[int], singles: int, slots: int, raw_ops: int,
                     except Exception:  # noqa: BLE001, S112 - best effort cleanup
                         continue
             azurite.stop()
+            if keep_log is not None:
+                shutil.copyfile(state / "azurite" / "azurite.log", keep_log)
 
 
 def report(figures: dict[str, Any]) -> list[str]:
@@ -446,9 +449,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="operations of each kind per raw-rate sample")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per batch")
     parser.add_argument("--out", type=Path, default=RESULTS / "latency.json")
+    parser.add_argument("--keep-log", type=Path, help="copy Azurite's access log here")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    figures = measure(batches, args.singles, args.slots, args.raw_ops, args.timeout)
+    figures = measure(batches, args.singles, args.slots, args.raw_ops, args.timeout,
+                      args.keep_log)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     print("\n".join(report(figures)))

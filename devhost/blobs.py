@@ -96,6 +96,9 @@ class BlobTrigger:
         self.pattern = BlobPattern(str(spec.trigger["path"]), spec.name)
         self.connection = spec.trigger.get("connection")
         self._busy: set[tuple[str, str]] = set()
+        # (name, ETag) of the versions this host knows are done (receipt read or written as
+        # completed), so a scan that lists them again asks no receipt; pruned by the poller.
+        self.completed: set[tuple[str, str]] = set()
 
     # --- receipts (blocking) ---------------------------------------------------------------
 
@@ -134,6 +137,7 @@ class BlobTrigger:
         if listed_etag is not None:
             early = await self.invoker.io(self._read_receipt, listed_etag, name)
             if early.get("completed") == "true":
+                self.completed.add((name, listed_etag))
                 return None
         path = f"{self.pattern.container}/{name}"
         found = await self.invoker.io(self.invoker.storage.read_blob, self.connection, path)
@@ -151,6 +155,7 @@ class BlobTrigger:
             receipt = early if early is not None and etag == listed_etag else \
                 await self.invoker.io(self._read_receipt, etag, name)
             if receipt.get("completed") == "true":
+                self.completed.add(key)
                 return None
             metadata: dict[str, Any] = {"BlobTrigger": path, "Uri": props["Uri"],
                                         "Properties": props, "Metadata": props["Metadata"],
@@ -173,11 +178,13 @@ class BlobTrigger:
                     await self.invoker.io(self._write_receipt, etag, name,
                                           {"completed": "true", "failures": str(failures),
                                            "poisoned": "true"})
+                    self.completed.add(key)
                     return True
                 await self.invoker.io(self._write_receipt, etag, name,
                                       {"failures": str(failures)})
                 return False
             await self.invoker.io(self._write_receipt, etag, name, {"completed": "true"})
+            self.completed.add(key)
             return True
         finally:
             self._busy.discard(key)
@@ -233,8 +240,12 @@ class BlobPoller:
             self._cursor, self._cursor_loaded = await io(self._load_cursor), True
         cursor = self._cursor
         items = await io(self._list)
+        # Listing times have whole seconds, so the blobs of the cursor's own second are listed
+        # again by every scan until it moves on; those known done are not asked about again.
+        done = self.trigger.completed
+        done &= {(name, etag) for name, _, etag in items}
         fresh = [item for item in sorted(items, key=lambda item: item[1])
-                 if cursor is None or item[1] >= cursor]
+                 if (cursor is None or item[1] >= cursor) and (item[0], item[2]) not in done]
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(name: str, etag: str) -> bool | None:

@@ -203,11 +203,12 @@ class JobStore:
 
     def record_finished(self, job_id: str, status: str, *, vm: str = "", bytes_in: int = 0,
                         bytes_out: int = 0, output: str = "", error: str = "",
-                        now: datetime | None = None) -> Job:
-        """Record the outcome once; a repeat returns the first outcome unchanged."""
+                        now: datetime | None = None, read: Job | None = None) -> Job:
+        """Record the outcome once; a repeat returns the first outcome unchanged. `read` is
+        the row as the caller last read it, if it has not changed since."""
         if status not in FINISHED:
             raise ValueError(f"not a final status: {status}")
-        job = self.get(job_id)
+        job = read or self.get(job_id)
         if job.status in FINISHED:
             return job
         finished = now or utcnow()

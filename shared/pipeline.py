@@ -151,10 +151,11 @@ def finish_job(services: Services, outcome: JobOutcome) -> dict[str, Any]:
         _copy_then_delete(services, source, s.archive_container, name)
     else:
         _delete_if_exists(source)
+    # The row read above: if it moved since (a cancel), the ETag-guarded merge reads again.
     job = services.jobs.record_finished(
         outcome["jobId"], status, vm=outcome.get("vm") or "",
         bytes_in=int(outcome.get("bytesIn") or 0), bytes_out=int(outcome.get("bytesOut") or 0),
-        output=outcome.get("output") or "", error=outcome.get("error") or "")
+        output=outcome.get("output") or "", error=outcome.get("error") or "", read=job)
     if not repeat:
         telemetry.job_finished(job.actions, job.status, job.duration_ms)
     services.log.write(f"job.{status}", f"{container}/{name} {status}", job_id=job.job_id,
