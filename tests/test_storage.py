@@ -109,3 +109,18 @@ def test_health_answers_when_storage_hangs(storage_env: dict[str, str],
     assert status == 503
     assert body["checks"]["storage.blob"] == "unreachable: no answer within 1s"
     assert body["checks"]["storage.table"] == "ok"
+
+
+def test_clients_skip_environment_lookups_unless_the_environment_sets_some() -> None:
+    from azure.core.pipeline.transport import RequestsTransport
+
+    from shared.storage import client_options
+
+    quiet = client_options({"PATH": "/usr/bin", "HOME": "/root"})
+    assert isinstance(quiet["transport"], RequestsTransport)
+    with quiet["transport"] as transport:  # the requests session it opens trusts no env
+        assert transport.session.trust_env is False
+    # A proxy, a CA bundle or a netrc in the environment: the SDK's default, which reads them.
+    for name in ("HTTPS_PROXY", "https_proxy", "REQUESTS_CA_BUNDLE", "NETRC"):
+        assert client_options({name: "x"}) == {}
+    assert "transport" in client_options({"HTTPS_PROXY": ""})  # set but empty: nothing to use
