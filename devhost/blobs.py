@@ -137,7 +137,7 @@ class BlobTrigger:
         if listed_etag is not None:
             early = await self.invoker.io(self._read_receipt, listed_etag, name)
             if early.get("completed") == "true":
-                self.completed.add((name, listed_etag))
+                self.completed.add((name, listed_etag.strip('"')))
                 return None
         path = f"{self.pattern.container}/{name}"
         found = await self.invoker.io(self.invoker.storage.read_blob, self.connection, path)
@@ -145,14 +145,14 @@ class BlobTrigger:
             return None
         data, props = found
         etag = str(props["ETag"])
-        key = (name, etag)
+        key = (name, etag.strip('"'))
         if key in self._busy:
             return None
         self._busy.add(key)
         try:
             # The receipt of the version just listed was read a moment ago: read it again only
             # when the blob changed in between.
-            receipt = early if early is not None and etag == listed_etag else \
+            receipt = early if early is not None and key[1] == str(listed_etag).strip('"') else \
                 await self.invoker.io(self._read_receipt, etag, name)
             if receipt.get("completed") == "true":
                 self.completed.add(key)
@@ -243,9 +243,10 @@ class BlobPoller:
         # Listing times have whole seconds, so the blobs of the cursor's own second are listed
         # again by every scan until it moves on; those known done are not asked about again.
         done = self.trigger.completed
-        done &= {(name, etag) for name, _, etag in items}
+        done &= {(name, etag.strip('"')) for name, _, etag in items}
         fresh = [item for item in sorted(items, key=lambda item: item[1])
-                 if (cursor is None or item[1] >= cursor) and (item[0], item[2]) not in done]
+                 if (cursor is None or item[1] >= cursor)
+                 and (item[0], item[2].strip('"')) not in done]
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(name: str, etag: str) -> bool | None:

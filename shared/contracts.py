@@ -15,6 +15,8 @@ import re
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from typing_extensions import NotRequired
+
 if TYPE_CHECKING:
     from shared.settings import Settings
 
@@ -167,6 +169,7 @@ class WorkRequest(TypedDict):
     action: str
     blob: str
     attempt: int
+    start: NotRequired[FileJob]  # from 2.0, on the job's first item: record the job row first
 
 
 class IssuedWork(TypedDict):

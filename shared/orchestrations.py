@@ -84,24 +84,27 @@ def check_version(context: df.DurableOrchestrationContext) -> str:
 
 def process_file(context: df.DurableOrchestrationContext) -> Generator[Any, Any, dict]:
     """One file through every action: work item, capacity, done-or-timeout, bounded retries."""
-    capacity_steps = check_version(context) == "1.0"
+    legacy = check_version(context) == "1.0"
     job: FileJob = context.get_input()
     blob = f"{job['container']}/{job['blob']}"
     outcome: JobOutcome = {"jobId": job["jobId"], "status": SUCCEEDED, "error": "",
                            "bytesIn": 0, "bytesOut": 0, "output": "", "vm": ""}
-    started = False
+    # From 2.0 the job row is recorded by the first work item's activity (one episode fewer);
+    # `started` says whether that activity (or 1.0's START_JOB) has returned.
+    progress = {"started": False, "capacitySteps": legacy, "startWith": not legacy}
     # One task for the whole job: raced against every wait below, it ends the job early.
     cancel = context.wait_for_external_event(CANCEL_EVENT)
     try:
-        # Inside the error handling too: storage may be down when the job begins.
-        row = yield context.call_activity_with_retry(START_JOB, ACTIVITY_RETRY, job)
-        started = True
+        row = None
+        if legacy:  # inside the error handling too: storage may be down when the job begins
+            row = yield context.call_activity_with_retry(START_JOB, ACTIVITY_RETRY, job)
+            progress["started"] = True
         for step, action in enumerate(job["actions"]):
             if (row or {}).get("status") == CANCELLED:
                 result = {"status": CANCELLED}
             else:
                 result = yield from _run_step(context, job, step, action, blob, cancel,
-                                              capacity_steps)
+                                              progress)
             if result.get("status") == CANCELLED:
                 outcome.update(status=CANCELLED, error=CANCELLED)
                 break
@@ -116,8 +119,8 @@ def process_file(context: df.DurableOrchestrationContext) -> Generator[Any, Any,
             blob = outcome["output"] or blob  # the next step consumes this step's output
     except Exception as exc:  # noqa: BLE001 - an activity gave up: record, don't strand the job
         outcome.update(status=FAILED, error=f"pipeline error: {public_reason(exc)}")
-    recorded = yield from _record(context, job, outcome, started)
-    if capacity_steps:
+    recorded = yield from _record(context, job, outcome, progress["started"])
+    if legacy:
         yield from _request_capacity(context, "job finished")
     yield from notify(context, job.get("webhook"),
                       f"job.{recorded.get('status') or outcome['status']}", job["jobId"],
@@ -186,7 +189,7 @@ def _request_capacity(context: df.DurableOrchestrationContext,
 
 def _run_step(context: df.DurableOrchestrationContext, job: FileJob, step: int,
               action: str, blob: str, cancel: Any,
-              capacity_steps: bool) -> Generator[Any, Any, StepResult | dict]:
+              progress: dict[str, bool]) -> Generator[Any, Any, StepResult | dict]:
     error = ""
     cancelled = {"status": "cancelled"}
     for attempt in range(1, int(job["maxAttempts"]) + 1):
@@ -197,11 +200,14 @@ def _run_step(context: df.DurableOrchestrationContext, job: FileJob, step: int,
         request: WorkRequest = {"jobId": job["jobId"], "instanceId": context.instance_id,
                                 "step": step, "action": action, "blob": blob,
                                 "attempt": attempt}
+        if progress["startWith"] and not progress["started"]:
+            request["start"] = job  # record the job row first, in the same activity
         issued: IssuedWork = yield context.call_activity_with_retry(
             ISSUE_WORK_ITEM, ACTIVITY_RETRY, request)
+        progress["started"] = True
         if issued.get("cancelled"):
             return cancelled
-        if capacity_steps:
+        if progress["capacitySteps"]:
             yield from _request_capacity(context, "work issued")
         deadline = context.current_utc_datetime + timedelta(seconds=int(job["timeoutS"]))
         done = context.wait_for_external_event(issued["eventName"])

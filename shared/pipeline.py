@@ -108,7 +108,13 @@ def start_job(services: Services, job: FileJob) -> dict[str, Any]:
 
 
 def issue_work_item(services: Services, request: WorkRequest) -> IssuedWork:
-    """Sign and enqueue one attempt of one step; record the attempt on the job."""
+    """Sign and enqueue one attempt of one step; record the attempt on the job. With
+    `start` (a job's first item, from orchestration version 2.0) the job row is recorded
+    first, as `start_job` does; a job cancelled by then issues nothing."""
+    if request.get("start"):
+        row = start_job(services, request["start"])
+        if row["status"] == CANCELLED:
+            return {"jobId": request["jobId"], "cancelled": True}
     item = WorkItem(job_id=request["jobId"], instance_id=request["instanceId"],
                     step=request["step"], action=request["action"], blob=request["blob"],
                     attempt=request["attempt"]).signed(services.settings.callback_signing_key)
