@@ -2,6 +2,7 @@
 import socket
 
 import pytest
+from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
 from shared.health import check_health
@@ -10,6 +11,7 @@ from shared.storage import (
     AZURITE_ACCOUNT,
     StorageConfigError,
     StorageConnection,
+    client_options,
     ensure_resources,
 )
 
@@ -112,10 +114,6 @@ def test_health_answers_when_storage_hangs(storage_env: dict[str, str],
 
 
 def test_clients_skip_environment_lookups_unless_the_environment_sets_some() -> None:
-    from azure.core.pipeline.transport import RequestsTransport
-
-    from shared.storage import client_options
-
     quiet = client_options({"PATH": "/usr/bin", "HOME": "/root"})
     assert isinstance(quiet["transport"], RequestsTransport)
     with quiet["transport"] as transport:  # the requests session it opens trusts no env
