@@ -9,6 +9,7 @@ import pytest
 from shared.settings import Settings
 from shared.storage import StorageConnection
 from tools.azurite import Azurite
+from tools.storage_proxy import StorageProxy, storage_proxy
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +20,13 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         yield instance
     finally:
         instance.stop()
+
+
+@pytest.fixture()
+def proxy(azurite: Azurite) -> Iterator[StorageProxy]:
+    """A recording proxy in front of Azurite: what a client built on it asks storage for."""
+    with storage_proxy(azurite.blob_port, azurite.queue_port, azurite.table_port) as instance:
+        yield instance
 
 
 @pytest.fixture()

@@ -3,12 +3,15 @@
 Scalers, agents and the API all write these rows at the same time, so every change is a
 read-modify-write with the row's ETag (`IfNotModified`). A write that loses the race is retried
 on fresh data (bounded, with jittered backoff) and the rule is checked again: a slot is never
-handed out twice, and a VM that took work after the scaler looked is never deallocated.
+handed out twice, and a VM that took work after the scaler looked is never deallocated. An
+agent writing its own VM's row starts from the row its last write left (`OwnRow`) and reads
+only when that write is refused.
 Row: PartitionKey "vm", RowKey = VM name.
 """
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -21,6 +24,7 @@ from shared import telemetry
 from shared.clock import utcnow
 from shared.conditional import (
     CONTENTION,
+    LookAgain,
     delete_if_unchanged,
     retry_on_conflict,
     update_if_unchanged,
@@ -28,7 +32,7 @@ from shared.conditional import (
 from shared.contracts import VmPriority, VmState, is_valid_vm_name, validate_vm_name
 
 __all__ = ["ACCEPTING", "STOPPING", "InvalidAddress", "InvalidTransition", "NotRemovable",
-           "PoolRegistry", "RegistryContention", "RegistryError", "UnknownVm", "VmBusy",
+           "OwnRow", "PoolRegistry", "RegistryContention", "RegistryError", "UnknownVm", "VmBusy",
            "VmPriority", "VmRecord", "VmState"]
 
 PARTITION = "vm"
@@ -339,6 +343,10 @@ class PoolRegistry:
 
         A claim on a starting VM proves its agent is up, so the VM becomes running.
         """
+        return self._claim_slot(vm, now)[0]
+
+    def _claim_slot(self, vm: str, now: datetime | None = None,
+                    known: VmRecord | None = None) -> tuple[bool, VmRecord]:
         taken = False
 
         def claim(rec: VmRecord) -> VmRecord | None:
@@ -354,21 +362,29 @@ class PoolRegistry:
             taken = True
             return new
 
-        self._mutate(vm, claim)
-        return taken
+        record = self._mutate(vm, claim, known)
+        return taken, record
 
     def release_slot(self, vm: str, now: datetime | None = None) -> None:
         """Give a slot back (never below zero) and note the activity for the idle cooldown."""
+        self._release_slot(vm, now)
 
+    def _release_slot(self, vm: str, now: datetime | None = None,
+                      known: VmRecord | None = None) -> VmRecord:
         def release(rec: VmRecord) -> VmRecord:
             return replace(rec, busy=max(0, rec.busy - 1), last_activity=now or utcnow())
 
-        self._mutate(vm, release)
+        return self._mutate(vm, release, known)
 
     def heartbeat(self, vm: str, addresses: dict | None = None,
                   now: datetime | None = None, agent_version: str | None = None) -> None:
         """Record that the agent on `vm` is alive (and where, and which version it runs); a
         starting VM becomes running."""
+        self._heartbeat(vm, addresses, now, agent_version)
+
+    def _heartbeat(self, vm: str, addresses: dict | None = None, now: datetime | None = None,
+                   agent_version: str | None = None, known: VmRecord | None = None
+                   ) -> VmRecord:
         updates: dict[str, str] = {}
         for key, value in (addresses or {}).items():
             if key not in ("private_ip", "public_ip"):
@@ -386,7 +402,7 @@ class PoolRegistry:
                 new.last_activity = stamp  # the idle cooldown starts when the VM is up
             return new
 
-        self._mutate(vm, beat)
+        return self._mutate(vm, beat, known)
 
     # --- the conditional write -------------------------------------------------------------
 
@@ -400,17 +416,33 @@ class PoolRegistry:
 
         return self._mutate(vm, change)
 
-    def _mutate(self, vm: str, change: Callable[[VmRecord], VmRecord | None]) -> VmRecord:
+    def _mutate(self, vm: str, change: Callable[[VmRecord], VmRecord | None],
+                known: VmRecord | None = None) -> VmRecord:
         """Read, apply `change`, write with the ETag; retry on fresh data if the row moved.
 
         `change` returns the new record, or None when nothing needs writing; it may raise to
-        refuse, and then nothing is written.
+        refuse, and then nothing is written. `known` is the row as this caller last wrote it:
+        the first attempt starts from it instead of a read. Only a write that its ETag lets
+        through proves it current, so a refusal or a no-op decided on it is decided again on
+        a fresh read, and a 412 (someone else wrote the row since) reads and retries.
         """
+        kept = [known] if known is not None else []
+
         def attempt() -> VmRecord:
-            rec = self.get(vm)
-            new = change(replace(rec))
+            rec = kept.pop() if kept else None
+            trusted = rec is None
+            if rec is None:
+                rec = self.get(vm)
+            try:
+                new = change(replace(rec))
+            except (RegistryError, ValueError):
+                if trusted:
+                    raise
+                raise LookAgain from None
             if new is None:
-                return rec
+                if trusted:
+                    return rec
+                raise LookAgain
             try:
                 meta = update_if_unchanged(self.table, new.to_entity(), rec.etag,
                                            UpdateMode.REPLACE)
@@ -424,6 +456,50 @@ class PoolRegistry:
 
         return retry_on_conflict(attempt, lambda: RegistryContention(
             f"VM {vm!r}: the row kept changing; gave up after {CONTENTION.attempts} attempts"))
+
+
+class OwnRow:
+    """One VM's pool row as its own agent last wrote it, so the agent's next write needs no read.
+
+    The agent writes its VM's row more than anyone: a slot claim and a release per job and a
+    heartbeat every few seconds. Each write returns the row's new ETag, and the next write goes
+    out conditioned on it (the same ETag guard as a read-modify-write: the rules are checked
+    on exactly the row that gets replaced). When anyone else wrote the row in between, the
+    write fails with 412 and is redone on a fresh read. Writes are serialised here, so the
+    agent's own slots never race one another for the row.
+    """
+
+    def __init__(self, registry: PoolRegistry, vm: str) -> None:
+        self.registry = registry
+        self.vm = vm
+        self._lock = threading.Lock()
+        self._record: VmRecord | None = None
+
+    def claim_slot(self, now: datetime | None = None) -> bool:
+        """`PoolRegistry.claim_slot` for this VM."""
+        taken = False
+
+        def claim(known: VmRecord | None) -> VmRecord:
+            nonlocal taken
+            taken, record = self.registry._claim_slot(self.vm, now, known)
+            return record
+
+        self._write(claim)
+        return taken
+
+    def release_slot(self, now: datetime | None = None) -> None:
+        """`PoolRegistry.release_slot` for this VM."""
+        self._write(lambda known: self.registry._release_slot(self.vm, now, known))
+
+    def heartbeat(self, now: datetime | None = None, agent_version: str | None = None) -> None:
+        """`PoolRegistry.heartbeat` for this VM."""
+        self._write(lambda known: self.registry._heartbeat(self.vm, None, now, agent_version,
+                                                           known))
+
+    def _write(self, write: Callable[[VmRecord | None], VmRecord]) -> None:
+        with self._lock:
+            known, self._record = self._record, None  # unknown again if the write fails
+            self._record = write(known)
 
 
 def _came_up(rec: VmRecord, new: VmRecord, stamp: datetime) -> None:

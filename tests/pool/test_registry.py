@@ -10,6 +10,7 @@ from shared.pool.registry import (
     InvalidAddress,
     InvalidTransition,
     NotRemovable,
+    OwnRow,
     PoolRegistry,
     UnknownVm,
     VmBusy,
@@ -17,6 +18,7 @@ from shared.pool.registry import (
 )
 from shared.settings import Settings
 from shared.storage import StorageConnection
+from tools.storage_proxy import StorageProxy
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -247,3 +249,68 @@ def test_deallocation_racing_a_claim_is_refused(
         racing.transition("vm01", VmState.DEALLOCATING, [VmState.RUNNING])
     rec = registry.get("vm01")
     assert (rec.state, rec.busy) == (VmState.RUNNING, 1)
+
+
+# --- an agent's own row: writes on the ETag of its last write ---------------------------------
+
+def _row_requests(proxy: StorageProxy, table: str) -> list[str]:
+    """`METHOD status` of each request for a VM row of `table` that went through the proxy."""
+    return [f"{s.method} {s.status}" for s in proxy.requests()
+            if s.service == "table" and s.path.split("/")[-1].startswith(f"{table}(")]
+
+
+def _own(settings: Settings, proxy: StorageProxy, vm: str) -> OwnRow:
+    conn = StorageConnection(name="proxied", connection_string=proxy.connection_string)
+    return OwnRow(PoolRegistry(conn.table_service().get_table_client(settings.vm_table)), vm)
+
+
+def test_own_row_claims_and_releases_without_reading(settings: Settings, proxy: StorageProxy,
+                                                     registry: PoolRegistry) -> None:
+    _running(registry, "vm01", slots=2)
+    own = _own(settings, proxy, "vm01")
+    assert own.claim_slot()
+    assert _row_requests(proxy, settings.vm_table) == ["GET 200", "PUT 204"]  # nothing kept yet
+    proxy.clear()
+    own.release_slot()
+    assert own.claim_slot()
+    own.heartbeat(agent_version="1.2.3")
+    own.release_slot()
+    assert _row_requests(proxy, settings.vm_table) == ["PUT 204"] * 4
+    rec = registry.get("vm01")
+    assert (rec.busy, rec.agent_version) == (0, "1.2.3") and rec.last_heartbeat is not None
+
+
+def test_own_row_redoes_a_write_someone_else_got_in_before(
+        settings: Settings, proxy: StorageProxy, registry: PoolRegistry) -> None:
+    _running(registry, "vm01", slots=3)
+    own = _own(settings, proxy, "vm01")
+    assert own.claim_slot()
+    assert registry.claim_slot("vm01")  # another writer: the kept ETag is stale now
+    proxy.clear()
+    own.release_slot()
+    assert _row_requests(proxy, settings.vm_table) == ["PUT 412", "GET 200", "PUT 204"]
+    assert registry.get("vm01").busy == 1  # the other claim survived ours
+    proxy.clear()
+    own.release_slot()  # the fresh row is kept again
+    assert _row_requests(proxy, settings.vm_table) == ["PUT 204"]
+    assert registry.get("vm01").busy == 0
+
+
+def test_own_row_decides_a_refusal_only_on_a_fresh_read(
+        settings: Settings, proxy: StorageProxy, registry: PoolRegistry) -> None:
+    _running(registry, "vm01", slots=1)
+    own = _own(settings, proxy, "vm01")
+    assert own.claim_slot()
+    own.release_slot()
+    assert registry.claim_slot("vm01")  # the last slot went elsewhere since our write
+    assert own.claim_slot() is False  # the 412 sends it to a fresh read, which is full
+    assert registry.get("vm01").busy == 1
+    registry.release_slot("vm01")
+    registry.transition("vm01", VmState.DRAINING, [VmState.RUNNING])
+    assert own.claim_slot() is False  # draining takes no work
+    registry.transition("vm01", VmState.RUNNING, [VmState.DRAINING])
+    proxy.clear()
+    # The kept row says draining; the refusal it implies is checked on a read, which is running.
+    assert own.claim_slot() is True
+    assert _row_requests(proxy, settings.vm_table) == ["GET 200", "PUT 204"]
+    assert registry.get("vm01").busy == 1
