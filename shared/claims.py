@@ -8,7 +8,7 @@ lost. Row: PartitionKey = job id, RowKey = `step-attempt` (see `WorkItem.step_ke
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -82,6 +82,15 @@ class Claim:
                    etag=entity.metadata.get("etag", ""))
 
 
+def _written(entity: dict[str, Any], meta: dict[str, Any] | None) -> Claim:
+    """The claim a create or replace of `entity` just stored (its answer carries the ETag),
+    so the caller need not read it back."""
+    return Claim(job_id=entity["PartitionKey"], step_key=entity["RowKey"], vm=entity["vm"],
+                 state=entity["state"], instance_id=entity.get("instanceId", ""),
+                 claimed_at=entity.get("claimedAt"), heartbeat_at=entity.get("heartbeatAt"),
+                 etag=(meta or {}).get("etag", ""))
+
+
 class ClaimStore:
     """Conditional reads and writes of claim rows."""
 
@@ -104,8 +113,7 @@ class ClaimStore:
 
         def attempt() -> Claim:
             try:
-                self.table.create_entity(entity)
-                return self.get(item.job_id, item.step_key) or Claim.from_entity(entity)
+                return _written(entity, self.table.create_entity(entity))
             except ResourceExistsError:
                 pass
             current = self.get(item.job_id, item.step_key)
@@ -119,8 +127,8 @@ class ClaimStore:
             if (current.state == CLAIMED and beat is not None
                     and now - beat < self.stale_after):
                 raise AlreadyClaimed(current.vm)
-            update_if_unchanged(self.table, entity, current.etag, UpdateMode.REPLACE)
-            return self.get(item.job_id, item.step_key) or Claim.from_entity(entity)
+            return _written(entity, update_if_unchanged(self.table, entity, current.etag,
+                                                        UpdateMode.REPLACE))
 
         return retry_on_conflict(attempt, lambda: AlreadyClaimed("unknown (contention)"))
 
@@ -151,10 +159,14 @@ class ClaimStore:
                 if current.state == state:
                     return current
                 raise AlreadyFinished(current.state)
-            update_if_unchanged(self.table, {"PartitionKey": job_id, "RowKey": step_key,
-                                             "state": state, "finishedAt": now or utcnow(),
-                                             **(outcome or {})}, current.etag)
-            return self.get(job_id, step_key) or current
+            stamp = now or utcnow()
+            meta = update_if_unchanged(self.table, {"PartitionKey": job_id, "RowKey": step_key,
+                                                    "state": state, "finishedAt": stamp,
+                                                    **(outcome or {})}, current.etag)
+            # What the merge wrote, on the row the ETag proved current: no read needed.
+            return replace(current, state=state, finished_at=stamp,
+                           outcome={**current.outcome, **(outcome or {})},
+                           etag=(meta or {}).get("etag", ""))
 
         return retry_on_conflict(
             attempt, lambda: ClaimLost(f"{job_id}/{step_key}: too much contention"))

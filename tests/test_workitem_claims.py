@@ -129,3 +129,18 @@ def test_a_withdrawn_attempt_stops_its_holder_and_is_never_claimed_again(
     assert claims.withdraw(done.job_id, done.step_key) == DONE  # finished work stays finished
     assert claims.get(done.job_id, done.step_key).state == DONE
     assert claims.get(ITEM.job_id, ITEM.step_key).state == WITHDRAWN
+
+
+def test_claim_and_finish_return_what_they_stored_without_reading_it_back(
+        claims: ClaimStore) -> None:
+    mine = claims.claim(ITEM, "vm01")
+    stored = claims.get(ITEM.job_id, ITEM.step_key)
+    assert stored is not None and (mine.vm, mine.state, mine.etag) == (
+        stored.vm, stored.state, stored.etag)
+    taken = claims.claim(ITEM, "vm02", now=utcnow() + timedelta(minutes=10))  # a takeover
+    stored = claims.get(ITEM.job_id, ITEM.step_key)
+    assert stored is not None and (taken.vm, taken.etag) == ("vm02", stored.etag)
+    done = claims.finish(ITEM.job_id, ITEM.step_key, "vm02", DONE, {"exitCode": 0})
+    stored = claims.get(ITEM.job_id, ITEM.step_key)
+    assert stored is not None and (done.state, done.etag, done.outcome["exitCode"]) == (
+        stored.state, stored.etag, stored.outcome["exitCode"])
