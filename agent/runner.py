@@ -1,8 +1,10 @@
-"""The agent's life: one loop per slot pulling work, plus the VM heartbeat and idle requests.
+"""The agent's life: one receiver feeding the slots, plus the VM heartbeat and idle requests.
 
-Each slot receives one message at a time with a visibility timeout, takes a slot in the pool
-table, and hands the work item to the `Worker`. An empty queue makes the slot poll with growing
-pauses. The main thread beats the VM's heartbeat (a pool member's row, or for an agent outside
+The receiver asks the queue for as many messages as there are free slots (one request, with a
+visibility timeout), takes a slot in the pool table for each and hands the work item to a free
+slot's thread, which runs it through the `Worker`. It never receives while every slot is busy:
+it waits until a slot finishes. An empty queue makes it poll with growing pauses. The main
+thread beats the VM's heartbeat (a pool member's row, or for an agent outside
 the pool such as a Kubernetes pod, its ephemeral worker row) and, once nothing has been worked
 on for the idle time, asks the app once per idle period to shut the VM down (a pool member) or
 exits (`AGENT_EXIT_WHEN_IDLE`). `stop()` (SIGTERM) lets the jobs in hand finish and takes no
@@ -14,6 +16,7 @@ the 30 s notice.
 from __future__ import annotations
 
 import logging
+import queue
 import shutil
 import threading
 import time
@@ -32,10 +35,11 @@ from agent.upgrade import UpgradeError, Upgrader
 from agent.worker import JOB_DIR_PREFIX, Worker
 from shared.claims import ClaimStore
 from shared.clock import utcnow
-from shared.pool.registry import InvalidTransition, PoolRegistry, RegistryError
+from shared.pool.registry import InvalidTransition, OwnRow, PoolRegistry, RegistryError
 from shared.pool.workers import RUNNING, STOPPED, WorkerRegistry
 
 log = logging.getLogger(__name__)
+MAX_RECEIVE = 32  # the most messages one queue request may return
 
 
 class Activity:
@@ -76,6 +80,7 @@ class Agent:
                                  stale_after=timedelta(seconds=config.claim_stale_seconds))
         vm_table = conn.table_service().get_table_client(config.vm_table)
         self.registry = PoolRegistry(vm_table)
+        self.own_row = OwnRow(self.registry, config.vm_name)  # claims, releases, heartbeats
         self.workers = WorkerRegistry(vm_table)  # where an agent outside the pool shows up
         self.started_at = utcnow()
         self.api = AppClient(config.api_base_url, config.vm_name, config.function_key,
@@ -94,6 +99,12 @@ class Agent:
         self.stopping = threading.Event()
         self.outcomes: dict[str, int] = {}
         self._outcome_lock = threading.Lock()
+        # Slots without a job, and the hand-over to each slot's thread (None: end the thread).
+        self._free_slots = list(range(config.slots))
+        self._free_lock = threading.Lock()
+        self._slot_freed = threading.Event()  # a slot finished (or stopping): receive again
+        self._inboxes: list[queue.SimpleQueue] = [queue.SimpleQueue()
+                                                  for _ in range(config.slots)]
 
     # --- control ------------------------------------------------------------------------------
 
@@ -102,6 +113,7 @@ class Agent:
         if not self.stopping.is_set():
             log.info("stopping: finishing the work in hand, taking nothing new")
         self.stopping.set()
+        self._slot_freed.set()  # a receiver waiting for a free slot ends now
 
     def run(self) -> None:
         """Run until `stop()`; returns once every slot has finished its job in hand."""
@@ -114,8 +126,9 @@ class Agent:
             self.upgrader.switch_and_restart(self.upgrade_to)  # nothing taken yet: no drain
         if not cfg.function_key:
             log.warning("AGENT_FUNCTION_KEY is empty: calls to the app carry no function key")
-        slots = [threading.Thread(target=self._slot_loop, args=(i,), name=f"slot-{i}")
+        slots = [threading.Thread(target=self._slot_thread, args=(i,), name=f"slot-{i}")
                  for i in range(cfg.slots)]
+        slots.append(threading.Thread(target=self._receive_loop, name="receiver"))
         for thread in slots:
             thread.start()
         next_beat = next_look = 0.0
@@ -195,64 +208,114 @@ class Agent:
         if self.events is not None and self.events.acknowledge(event):
             log.info("scheduled event %s acknowledged", event.event_id)
 
-    # --- the slot loop ------------------------------------------------------------------------
+    # --- the receiver and the slots -----------------------------------------------------------
 
-    def _slot_loop(self, slot: int) -> None:
+    def _receive_loop(self) -> None:
+        """Receive as many messages as there are free slots; back off while the queue is empty."""
         delay = self.config.poll_min_seconds
-        while not self.stopping.is_set():
-            try:
-                took = self._poll_once(slot)
-            except AzureError as exc:
-                log.warning("slot %d: storage error: %s", slot, exc)
-                took = False
-            except Exception:  # noqa: BLE001 - one bad job must never end the slot's loop
-                log.exception("slot %d: unexpected error", slot)
-                took = False
-            if took:
-                delay = self.config.poll_min_seconds
-                continue
-            self.stopping.wait(delay)
-            delay = min(delay * 2, self.config.poll_max_seconds)
+        try:
+            while not self.stopping.is_set():
+                self._slot_freed.clear()  # before counting: a slot freed after is not missed
+                free = self._free_count()
+                if free == 0:
+                    self._slot_freed.wait()
+                    continue
+                try:
+                    took, more = self._receive_once(free)
+                except AzureError as exc:
+                    log.warning("receiver: storage error: %s", exc)
+                    took, more = 0, False
+                except Exception:  # noqa: BLE001 - one bad receive must never end the loop
+                    log.exception("receiver: unexpected error")
+                    took, more = 0, False
+                if took:
+                    delay = self.config.poll_min_seconds
+                    if more:
+                        continue  # a full page: more may be waiting for the other free slots
+                self.stopping.wait(delay)  # after a short page the queue had no more: pause too
+                if not took:
+                    delay = min(delay * 2, self.config.poll_max_seconds)
+        finally:
+            for inbox in self._inboxes:
+                inbox.put(None)  # each slot ends once its job in hand is done
 
-    def _poll_once(self, slot: int) -> bool:
-        """Receive and handle at most one message; True when a message was worked on."""
+    def _receive_once(self, free: int) -> tuple[int, bool]:
+        """One receive of up to `free` messages; returns how many went to a slot, and whether
+        the page was full (the queue may hold more)."""
         cfg = self.config
-        message = self.queue.receive_message(visibility_timeout=cfg.visibility_timeout_seconds)
-        if message is None:
-            return False
+        wanted = min(free, MAX_RECEIVE)
+        pages = self.queue.receive_messages(messages_per_page=wanted, max_messages=wanted,
+                                            visibility_timeout=cfg.visibility_timeout_seconds
+                                            ).by_page()
+        # Only the first page: a second one (the SDK asks again after a short page) would
+        # cost a request that an almost empty queue answers with nothing.
+        messages = list(next(pages, []))
+        took, refused = 0, False
+        for message in messages:
+            try:
+                verdict = self._admit(message, refused)
+            except AzureError as exc:  # this message comes back after its timeout
+                log.warning("message %s: storage error: %s", message.id, exc)
+                continue
+            except Exception:  # noqa: BLE001 - the rest of the page still gets its slots
+                log.exception("message %s: unexpected error", message.id)
+                continue
+            refused = refused or verdict == "no-slot"
+            took += verdict == "taken"
+        return took, len(messages) == wanted
+
+    def _admit(self, message: Any, refused: bool) -> str:
+        """Decode one received message and give it a slot: "taken", "no-slot" or "left"."""
+        cfg = self.config
         lease = MessageLease(self.queue, message, cfg.visibility_timeout_seconds)
         try:
             item = decode(message.content)
         except MalformedMessage as exc:
             if lease.dequeue_count >= cfg.max_dequeue_count:
                 self._poison(message, lease, str(exc))
-                return False
+                return "left"
             # Left alone: it comes back until the dequeue limit moves it to the poison queue.
             log.error("message %s (dequeued %d times) is malformed, left for the poison path: "
                       "%s", message.id, lease.dequeue_count, exc)
             self._count("malformed")
-            return False
+            return "left"
         if self.stopping.is_set():
             lease.release()  # SIGTERM or an eviction arrived while receiving: hand it back
-            return False
-        try:
-            got_slot = self.registry.claim_slot(cfg.vm_name) if cfg.use_pool else True
-        except RegistryError as exc:
-            log.error("slot %d: cannot take a pool slot: %s", slot, exc)
-            got_slot = False
+            return "left"
+        # After one refusal in this batch the rest is not asked for: the answer would be the same.
+        got_slot = not refused and self._claim_slot()
         if not got_slot:
-            log.info("slot %d: the pool gives this VM no slot now; message handed back", slot)
+            log.info("the pool gives this VM no slot now; message %s handed back", message.id)
             lease.release()
             self._count("no-slot")
-            return False
+            return "no-slot"
         self.activity.begin()
-        try:
-            outcome = self.worker.handle(item, lease, slot)
-        finally:
-            self.activity.end()
-            self._release_slot()
-        self._count(outcome)
-        return outcome not in ("claimed-elsewhere",)
+        with self._free_lock:
+            slot = self._free_slots.pop(0)
+        self._inboxes[slot].put((item, lease))
+        return "taken"
+
+    def _slot_thread(self, slot: int) -> None:
+        """Run the jobs handed to this slot, one at a time, until the receiver has ended."""
+        inbox = self._inboxes[slot]
+        while (job := inbox.get()) is not None:
+            item, lease = job
+            try:
+                self._count(self.worker.handle(item, lease, slot))
+            except AzureError as exc:
+                log.warning("slot %d: storage error: %s", slot, exc)
+            except Exception:  # noqa: BLE001 - one bad job must never end the slot's thread
+                log.exception("slot %d: unexpected error", slot)
+            finally:
+                self.activity.end()
+                self._release_slot()
+                with self._free_lock:
+                    self._free_slots.append(slot)
+                self._slot_freed.set()
+
+    def _free_count(self) -> int:
+        with self._free_lock:
+            return len(self._free_slots)
 
     def _poison(self, message: Any, lease: MessageLease, reason: str) -> None:
         """Move a message no agent can ever handle to `<queue>-poison`, as the host would."""
@@ -268,11 +331,20 @@ class Agent:
 
     # --- pool table and app calls -----------------------------------------------------------
 
+    def _claim_slot(self) -> bool:
+        if not self.config.use_pool:
+            return True
+        try:
+            return self.own_row.claim_slot()
+        except (RegistryError, AzureError) as exc:
+            log.error("cannot take a pool slot: %s", exc)
+            return False
+
     def _release_slot(self) -> None:
         if not self.config.use_pool:
             return
         try:
-            self.registry.release_slot(self.config.vm_name)
+            self.own_row.release_slot()
         except (RegistryError, AzureError) as exc:
             log.warning("could not release the pool slot: %s", exc)
 
@@ -281,7 +353,7 @@ class Agent:
         cfg = self.config
         try:
             if cfg.use_pool:
-                self.registry.heartbeat(cfg.vm_name, agent_version=__version__)
+                self.own_row.heartbeat(agent_version=__version__)
             else:
                 self.workers.heartbeat(cfg.vm_name, slots=cfg.slots,
                                        busy=self.activity.active, started_at=self.started_at,
