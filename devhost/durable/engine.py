@@ -314,7 +314,7 @@ class DurableEngine:
             if row is not None:
                 # A non-finished row without a state document is a creation cut short.
                 if row["RuntimeStatus"] not in TERMINAL and (
-                        await self._store.load_doc(instance_id)) is not None:
+                        await self._store.doc_of_row(row, instance_id)) is not None:
                     raise InstanceConflictError(
                         f"an orchestration instance with id {instance_id!r} is already"
                         f" {row['RuntimeStatus']}")
@@ -329,8 +329,7 @@ class DurableEngine:
                 "actionsSeen": 0, "retries": {}, "retryTimers": {}, "timerLeaves": {},
                 "cancelledTimers": [], "buffered": [], "applied": [],
             }
-            await self._store.save_doc(doc)
-            await self._store.save_row(doc)
+            await self._store.save(doc)
             live = _Live(doc)
             self._live[instance_id] = live
         finally:
@@ -452,8 +451,7 @@ class DurableEngine:
     async def _commit(self, live: _Live, doc: dict[str, Any], msg_ids: list[str],
                       work: list[planner.Work]) -> None:
         """Save the state document and row, drop applied messages, then start new work."""
-        await self._store.save_doc(doc)
-        await self._store.save_row(doc)
+        await self._store.save(doc)
         live.doc = doc
         if msg_ids:
             await self._store.delete_messages(doc["instanceId"], msg_ids)
@@ -493,8 +491,7 @@ class DurableEngine:
             "timerLeaves": {}, "cancelledTimers": [], "status": "Running",
             "continueWith": None,
         })
-        await self._store.save_doc(doc)
-        await self._store.save_row(doc)
+        await self._store.save(doc)
         live.doc = doc
         live.pending.insert(0, {"kind": "start"})
 
@@ -587,7 +584,7 @@ class DurableEngine:
             if doc is None:
                 continue
             if doc["status"] in TERMINAL:  # saved, but the row update was lost
-                await self._store.save_row(doc)
+                await self._store.save(doc)
                 continue
             self._live[doc["instanceId"]] = _Live(doc)
         for live in list(self._live.values()):
@@ -647,7 +644,7 @@ class DurableEngine:
             # Created just before the stop, before its row was written: adopt it.
             adopted = _Live(child)
             self._live[child_id] = adopted
-            await self._store.save_row(child)
+            await self._store.save(child)
             await self._resume(adopted)
         elif (child.get("parent") or {}).get("taskId") == created["EventId"]:
             self._deliver(doc["instanceId"], doc["executionId"],

@@ -2,9 +2,11 @@
 
 - table `{hub}Instances`: one row per instance (name, version, status, input, output,
   custom status, created/updated times, parent) for status queries and listing;
-- container `{hub}-durable`: one JSON document per instance under `state/` holding the
-  history of the current execution and the engine's bookkeeping (the source of truth
-  from which a restart resumes), and large inbox payloads under `inbox/`;
+- the state document of each instance: the history of the current execution and the
+  engine's bookkeeping (the source of truth from which a restart resumes), kept in the
+  instance's row beside its summary (one write per episode, row and document together), or,
+  when too big for a row, in container `{hub}-durable` under `state/` (which also holds the
+  documents of entities and large inbox payloads under `inbox/`);
 - table `{hub}Inbox`: messages for an instance not yet applied to its history (external
   events, terminate/suspend/resume, sub-orchestration outcomes). A message is deleted only
   after the history that applied it has been saved.
@@ -29,6 +31,13 @@ _HUB_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,44}$")
 # Table string properties hold at most 64 KiB (32K UTF-16 units); larger values live in blobs.
 _MAX_CELL = 30_000
 ROW_KEY = "state"
+# Entities are at most 1 MiB (strings count two bytes a character): a document up to this size
+# goes in the row, in cells of `_MAX_CELL`, beside summary cells of up to 3 x `_MAX_CELL`.
+_DOC_IN_ROW = 10 * _MAX_CELL
+_SUMMARY = ("PartitionKey", "RowKey", "Name", "Version", "RuntimeStatus", "ExecutionId",
+            "CreatedTime", "LastUpdatedTime", "ParentInstanceId",
+            *(f"{field}{suffix}" for field in ("Input", "Output", "CustomStatus")
+              for suffix in ("", "InDoc", "IsNull")))
 
 
 def check_hub_name(hub: str) -> str:
@@ -75,11 +84,36 @@ class DurableStore:
     # --- state documents ------------------------------------------------------------------
 
     async def load_doc(self, instance_id: str) -> dict[str, Any] | None:
+        if instance_id.startswith("@"):  # an entity: its document is a blob, it has no row
+            return await self._load_blob_doc(instance_id)
+        return await self.doc_of_row(await self.get_row(instance_id), instance_id)
+
+    async def doc_of_row(self, row: dict[str, Any] | None, instance_id: str
+                         ) -> dict[str, Any] | None:
+        """The state document of an instance whose row was just read (None: no row)."""
+        if row is not None and row.get("DocCells"):
+            return json.loads("".join(row[f"Doc{i}"] for i in range(int(row["DocCells"]))))
+        return await self._load_blob_doc(instance_id)  # too big for the row, or no row
+
+    async def _load_blob_doc(self, instance_id: str) -> dict[str, Any] | None:
         try:
             stream = await self.container.download_blob(f"state/{_blob_key(instance_id)}.json")
         except ResourceNotFoundError:
             return None
         return json.loads(await stream.readall())
+
+    async def save(self, doc: dict[str, Any]) -> None:
+        """Write an instance's state document and its summary row, in one write when the
+        document fits in the row (a bigger one goes to its blob first)."""
+        text = json.dumps(doc, separators=(",", ":"))
+        cells: dict[str, Any] = {}
+        if len(text) <= _DOC_IN_ROW:
+            chunks = [text[i:i + _MAX_CELL] for i in range(0, len(text), _MAX_CELL)]
+            cells = {"DocCells": len(chunks), **{f"Doc{i}": c for i, c in enumerate(chunks)}}
+        else:
+            await self.save_doc(doc)
+            cells = {"DocCells": 0}
+        await self.save_row(doc, cells)
 
     async def save_doc(self, doc: dict[str, Any]) -> None:
         data = json.dumps(doc, separators=(",", ":")).encode()
@@ -94,8 +128,9 @@ class DurableStore:
 
     # --- instance rows --------------------------------------------------------------------
 
-    async def save_row(self, doc: dict[str, Any]) -> None:
-        """Write the queryable summary of an instance from its state document."""
+    async def save_row(self, doc: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+        """Write the queryable summary of an instance from its state document (`save`
+        writes the document with it)."""
         row: dict[str, Any] = {
             "PartitionKey": doc["instanceId"], "RowKey": ROW_KEY,
             "Name": doc["name"], "Version": doc.get("version") or "",
@@ -112,6 +147,7 @@ class DurableStore:
             else:
                 row[key], row[f"{key}InDoc"] = text, False
             row[f"{key}IsNull"] = value is None
+        row.update(extra or {})
         await self.instances.upsert_entity(row, mode=UpdateMode.REPLACE)
 
     async def get_row(self, instance_id: str) -> dict[str, Any] | None:
@@ -121,7 +157,8 @@ class DurableStore:
             return None
 
     async def list_rows(self) -> list[dict[str, Any]]:
-        return [dict(row) async for row in self.instances.list_entities()]
+        """Every instance's summary (without the state documents rows may hold)."""
+        return [dict(row) async for row in self.instances.list_entities(select=list(_SUMMARY))]
 
     async def delete_row(self, instance_id: str) -> None:
         try:
