@@ -382,6 +382,8 @@ var appSettings = union({
   LOCAL_AGENT_COMMAND: 'python -m agent'
   LOCAL_STATE_DIR: ''
   LOCAL_STOP_GRACE_SECONDS: '30'
+  LOCAL_BOOT_SECONDS: '0'
+  LOCAL_DEALLOCATE_SECONDS: '0'
   LOCAL_AGENT_API_BASE_URL: 'http://127.0.0.1:7071/api'
   LOCAL_AGENT_FUNCTION_KEY: ''
 }, appSettingOverrides)

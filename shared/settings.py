@@ -262,6 +262,11 @@ class Settings:
     local_state_dir: str = _setting("LOCAL_STATE_DIR", str, "")
     local_stop_grace_seconds: float = _setting(
         "LOCAL_STOP_GRACE_SECONDS", parse_float_range(0, 3600), "30")
+    # ...and how long a local "VM" takes to boot (before its agent launches) and to deallocate
+    # (0: at once), so a local run can stand in for real VMs' timings
+    local_boot_seconds: float = _setting("LOCAL_BOOT_SECONDS", parse_float_range(0, 3600), "0")
+    local_deallocate_seconds: float = _setting(
+        "LOCAL_DEALLOCATE_SECONDS", parse_float_range(0, 3600), "0")
     local_agent_api_base_url: str = _setting(
         "LOCAL_AGENT_API_BASE_URL", parse_text, "http://127.0.0.1:7071")
     local_agent_function_key: str = _setting("LOCAL_AGENT_FUNCTION_KEY", str, "", secret=True)

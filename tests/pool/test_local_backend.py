@@ -1,9 +1,11 @@
-"""The local backend with a stand-in agent program: spawn, pid file, drain, kill, death."""
+"""The local backend with a stand-in agent program: spawn, pid file, drain, kill, death, and the
+boot and deallocation delays that let it stand in for real VMs' timings."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,11 +42,12 @@ def make_local(tmp_path: Path) -> Iterator[Callable[..., LocalBackend]]:
     made: list[LocalBackend] = []
 
     def make(env: dict[str, str] | None = None, grace: float = 5.0,
-             command: list[str] | None = None) -> LocalBackend:
+             command: list[str] | None = None, boot_s: float = 0.0,
+             deallocate_s: float = 0.0) -> LocalBackend:
         backend = LocalBackend(tmp_path / "state", command or [sys.executable, str(STANDIN)],
                                agent_env={"AGENT_API_BASE_URL": "http://127.0.0.1:1/api",
                                           **(env or {})},
-                               stop_grace_s=grace)
+                               stop_grace_s=grace, boot_s=boot_s, deallocate_s=deallocate_s)
         made.append(backend)
         return backend
 
@@ -53,7 +56,7 @@ def make_local(tmp_path: Path) -> Iterator[Callable[..., LocalBackend]]:
         for pid_file in backend.state_dir.glob("*.json"):
             vm = pid_file.stem
             if backend.power_state(vm) != "deallocated":
-                backend.stop_grace_s = 0
+                backend.stop_grace_s = backend.deallocate_s = 0
                 backend.deallocate(vm)
                 wait_for(lambda vm=vm, b=backend: b.power_state(vm) == "deallocated", "cleanup")
 
@@ -167,6 +170,11 @@ def test_factory_builds_the_local_backend_from_settings(
     assert agent_env["AGENT_VM_TABLE"] == settings.vm_table
     assert agent_env["AGENT_WORK_QUEUE"] == settings.work_queue
     assert agent_env["AGENT_ACTIONS"] == "process=cat"  # AGENT_* settings pass through
+    assert (backend.boot_s, backend.deallocate_s) == (0.0, 0.0)  # no delays unless asked
+    env.update(LOCAL_BOOT_SECONDS="2.5", LOCAL_DEALLOCATE_SECONDS="4")
+    delayed = make_backend(Settings.from_env(env), env=env)
+    assert isinstance(delayed, LocalBackend)
+    assert (delayed.boot_s, delayed.deallocate_s) == (2.5, 4.0)
 
 
 def test_a_heartbeating_agent_makes_its_vm_running(
@@ -181,3 +189,73 @@ def test_a_heartbeating_agent_makes_its_vm_running(
     wait_for(lambda: registry.get("vm01").state == VmState.RUNNING, "the first heartbeat")
     rec = registry.get("vm01")
     assert rec.private_ip == "127.0.0.1" and rec.last_heartbeat is not None
+
+
+def _events(backend: LocalBackend, kind: str) -> list[dict]:
+    return [e for e in backend.power_events() if e["event"] == kind]
+
+
+def test_a_start_stays_in_progress_for_the_boot_delay(make_local) -> None:  # noqa: ANN001
+    backend = make_local(boot_s=2.0)
+    op = backend.start("vm01")
+    env_file = backend.work_dir("vm01") / "env.json"
+    assert backend.power_state("vm01") == "starting"
+    status = backend.poll(op)
+    assert (status.done, status.status) == (False, "InProgress")
+    assert not env_file.exists()  # no agent yet: the "VM" is still booting
+    assert backend.start("vm01").started_at == op.started_at  # asking again changes nothing
+    wait_for(env_file.exists, "the agent to launch once the boot is over")
+    assert backend.power_state("vm01") == "running"
+    assert backend.poll(op).succeeded
+    (start,), (launch,) = _events(backend, "start"), _events(backend, "launch")
+    assert start["at"] == op.started_at and start["pid"] is None
+    assert launch["at"] - start["at"] >= 2.0  # launched no earlier than the boot delay allows
+    assert launch["pid"] == json.loads((backend.state_dir / "vm01.json").read_text())["pid"]
+
+
+def test_a_deallocation_completes_after_its_delay(make_local) -> None:  # noqa: ANN001
+    backend = make_local(deallocate_s=4.0)
+    started = backend.start("vm01")
+    wait_for((backend.work_dir("vm01") / "ready").exists, "the stand-in to be ready")
+    op = backend.deallocate("vm01")
+    wait_for(lambda: _events(backend, "exit"), "the agent to drain and exit")
+    assert (backend.work_dir("vm01") / "drained").exists()
+    # the agent is gone, but the VM is not deallocated before its delay is over
+    assert backend.power_state("vm01") == "deallocating"
+    assert backend.poll(op).done is False
+    with pytest.raises(OperationInProgress, match="stopping"):
+        backend.start("vm01")
+    wait_for(lambda: backend.power_state("vm01") == "deallocated", "the deallocation")
+    assert backend.poll(op).succeeded
+    (stop,), (done,) = _events(backend, "stop"), _events(backend, "deallocated")
+    assert done["at"] == stop["at"] + 4.0 == op.started_at + 4.0
+    assert backend.stopped_at("vm01") == done["at"]
+    # what the backend bills: from the start request to the completed deallocation
+    assert backend.billed_intervals() == {"vm01": [(started.started_at, done["at"])]}
+
+
+def test_a_vm_stopped_while_booting_never_launches(make_local) -> None:  # noqa: ANN001
+    backend = make_local(boot_s=1.0, deallocate_s=0.5)
+    backend.start("vm01")
+    op = backend.deallocate("vm01")
+    assert backend.power_state("vm01") == "deallocating"
+    wait_for(lambda: backend.poll(op).done, "the deallocation")
+    assert backend.power_state("vm01") == "deallocated"
+    time.sleep(1.5)  # past the boot delay: its timer finds the VM stopped
+    assert not (backend.work_dir("vm01") / "env.json").exists()
+    assert not _events(backend, "launch")
+    (stop,), (done,) = _events(backend, "stop"), _events(backend, "deallocated")
+    assert done["at"] == stop["at"] + 0.5
+
+
+def test_without_delays_a_deallocation_ends_when_the_agent_exits(make_local) -> None:  # noqa: ANN001
+    backend = make_local()
+    started = backend.start("vm01")
+    wait_for((backend.work_dir("vm01") / "ready").exists, "the stand-in to be ready")
+    backend.deallocate("vm01")
+    wait_for(lambda: backend.power_state("vm01") == "deallocated", "the agent to stop")
+    (exit_,), (done,) = _events(backend, "exit"), _events(backend, "deallocated")
+    assert done["at"] == exit_["at"]
+    (start,) = _events(backend, "start")
+    assert start["pid"] == int(started.token) and not _events(backend, "launch")
+    assert backend.billed_intervals() == {"vm01": [(started.started_at, exit_["at"])]}

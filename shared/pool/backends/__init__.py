@@ -99,7 +99,8 @@ def make_backend(settings: Settings, registry: PoolRegistry | None = None,
         return LocalBackend(local_state_dir(settings), parse_command(settings.local_agent_command),
                             agent_env=local_agent_env(settings, env),
                             stop_grace_s=settings.local_stop_grace_seconds,
-                            base_env=env)
+                            base_env=env, boot_s=settings.local_boot_seconds,
+                            deallocate_s=settings.local_deallocate_seconds)
     if settings.pool_backend == "external":
         from shared.pool.backends.external import ExternalBackend  # noqa: PLC0415
 
