@@ -4,12 +4,17 @@ drives the real one: evaluated on every event and on the SCALER_SCHEDULE backsto
 The scaler knows when work items were queued, so it can tell the policy the recent arrival rate
 (`Snapshot.arrivals_per_s`, items queued in the last `RATE_WINDOW_S` / the window). With
 `rate_hint=False` the policy runs without it, as a scaler that does not supply it would.
+
+By default it is called at once on every event and every `SCALER_TICK_S`. The running app
+reacts to fewer events and later: `tick_s` is its SCALER_SCHEDULE, `triggers` the events that
+ask it for a pass (work issued, a job finished), `reaction_s` how long that request takes to
+become a pass (an activity through the task hub).
 """
 from __future__ import annotations
 
 from collections import deque
 
-from bench.sim import ARRIVAL, Pool, StartRefused
+from bench.sim import ARRIVAL, REACT, Pool, StartRefused
 from shared.pool.policy import (
     PolicyConfig,
     Snapshot,
@@ -32,8 +37,13 @@ class ProjectController:
     # 0 is the policy as it was before the floor).
     min_warm_s: float | None = None
 
-    def __init__(self, rate_hint: bool = True) -> None:
+    def __init__(self, rate_hint: bool = True, tick_s: float | None = None,
+                 reaction_s: float = 0.0, triggers: frozenset[str] | None = None) -> None:
         self.rate_hint = rate_hint
+        if tick_s is not None:
+            self.tick_s = tick_s
+        self.reaction_s = reaction_s
+        self.triggers = triggers  # None: every event
         self.config: PolicyConfig | None = None
         self.arrivals: deque[float] = deque()
 
@@ -59,7 +69,7 @@ class ProjectController:
                 self.arrivals.popleft()
             rate = arrival_rate(tuple(self.arrivals), pool.now, RATE_WINDOW_S)
         return Snapshot(vms=views, queued=len(pool.queue), in_flight=pool.in_flight,
-                        now=pool.now, arrivals_per_s=rate)
+                        now=pool.now, arrivals_per_s=rate, pending=pool.pending)
 
     def evaluate(self, pool: Pool) -> None:
         """One scaler pass. A refused spot start leaves that VM `evicted`; the policy is asked
@@ -89,6 +99,14 @@ class ProjectController:
     def on_event(self, pool: Pool, kind: str) -> None:
         if kind == ARRIVAL:
             self.arrivals.append(pool.now)
+        if self.triggers is not None and kind not in self.triggers:
+            return
+        if self.reaction_s > 0:
+            pool.schedule(pool.now + self.reaction_s, REACT, None)
+        else:
+            self.evaluate(pool)
+
+    def on_react(self, pool: Pool) -> None:
         self.evaluate(pool)
 
     def on_tick(self, pool: Pool) -> None:

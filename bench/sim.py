@@ -14,6 +14,12 @@ every event (arrival, completion, VM ready, VM deallocated) and, if it has one, 
 periodic tick; it acts through `Pool.start`, `Pool.deallocate` and `Pool.drain`, which refuse
 anything a real pool would refuse (stopping a busy VM, starting one that is not deallocated),
 so a wrong policy fails loudly instead of producing good figures.
+
+The running app has a control plane the pool waits for; `ControlPlane` models it when asked (its
+defaults are the ideal one, and leave every figure as it was): files become work items no
+faster than `dispatch_rate` per second and `dispatch_latency_s` after their upload (the blob
+trigger, the orchestration, the queue), and a free slot takes queued work `poll_s` after it
+could (the agent polls the queue). A file's wait is still counted from its upload.
 """
 from __future__ import annotations
 
@@ -39,8 +45,11 @@ REGULAR, SPOT = VmPriority.REGULAR.value, VmPriority.SPOT.value
 
 ARRIVAL, COMPLETE, READY, GONE, TICK = "arrival", "complete", "ready", "deallocated", "tick"
 EVICT, BURST, RECLAIMED = "evict", "burst", "reclaimed"
-# same-instant event order
-_ORDER = {COMPLETE: 0, GONE: 1, RECLAIMED: 2, EVICT: 3, BURST: 4, READY: 5, ARRIVAL: 6, TICK: 7}
+REACT = "react"  # a controller's own delayed reaction to an earlier event
+UPLOAD = "upload"  # a file's upload ahead of its work item (non-ideal control plane only)
+# same-instant event order (an upload counts before the work item it becomes)
+_ORDER = {UPLOAD: -1, COMPLETE: 0, GONE: 1, RECLAIMED: 2, EVICT: 3, BURST: 4, READY: 5,
+          ARRIVAL: 6, TICK: 7, REACT: 8}
 
 EXTRA_S = 7 * 24 * 3600.0  # how long past the trace a simulation may run before it is an error
 
@@ -52,6 +61,37 @@ class SimulationError(RuntimeError):
 class StartRefused(RuntimeError):
     """A spot start refused for lack of capacity (Azure: SkuNotAvailable, AllocationFailed...).
     The VM is left `evicted`, as the scaler records it."""
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """What lies between a file's upload and its processing in the running app."""
+
+    dispatch_rate: float = math.inf  # files per second turned into work items (one at a time)
+    dispatch_latency_s: float = 0.0  # upload -> work item issued for a file that meets no queue
+    poll_s: float = 0.0              # a free slot takes queued work this long after it could
+
+    def __post_init__(self) -> None:
+        if not self.dispatch_rate > 0:
+            raise ValueError(f"dispatch_rate must be positive, got {self.dispatch_rate}")
+        if self.dispatch_latency_s < 0 or self.poll_s < 0:
+            raise ValueError("dispatch_latency_s and poll_s must not be negative")
+
+    @property
+    def ideal(self) -> bool:
+        return self == ControlPlane()
+
+    def issued_at(self, arrivals: list[float]) -> list[float]:
+        """When each file (in upload order) becomes a work item: a FIFO dispatcher that takes
+        `1 / dispatch_rate` seconds per file, after the latency."""
+        gap = 0.0 if math.isinf(self.dispatch_rate) else 1.0 / self.dispatch_rate
+        out: list[float] = []
+        free = -math.inf
+        for at in arrivals:
+            issued = max(at + self.dispatch_latency_s, free)
+            out.append(issued)
+            free = issued + gap
+        return out
 
 
 @dataclass
@@ -93,8 +133,12 @@ class Controller(Protocol):
 class Pool:
     """The simulated VMs, the shared queue and the clock, as a controller sees them."""
 
-    def __init__(self, trace: Trace, params: PoolParams, seed: int) -> None:
+    def __init__(self, trace: Trace, params: PoolParams, seed: int,
+                 plane: ControlPlane | None = None) -> None:
         self.params = params
+        self.plane = plane or ControlPlane()
+        self.uploaded = 0  # files uploaded so far / work items issued so far (`pending`)
+        self.issued = 0
         self.jobs = {job.id: job for job in trace.jobs}
         means = params.boot_means(seed)
         self.vms = {name: SimVm(name, params.slots, means[name]) for name in params.names()}
@@ -124,6 +168,11 @@ class Pool:
     @property
     def in_flight(self) -> int:
         return len(self.running_on)
+
+    @property
+    def pending(self) -> int:
+        """Files uploaded that are not work items yet (0 with an ideal control plane)."""
+        return 0 if self.plane.ideal else max(0, self.uploaded - self.issued)
 
     def in_state(self, *states: str) -> list[SimVm]:
         return [self.vms[n] for n in self.order if self.vms[n].state in states]
@@ -207,7 +256,7 @@ class Pool:
         vm.evictions += 1
         for job_id in [j for j, name in self.running_on.items() if name == vm.name]:
             del self.running_on[job_id]
-            lost = self.now - self.attempt_started.pop(job_id)
+            lost = max(0.0, self.now - self.attempt_started.pop(job_id))
             self.evicted_work_s += lost
             self.lost_s[job_id] = self.lost_s.get(job_id, 0.0) + lost
             self.queue.appendleft(job_id)
@@ -227,10 +276,11 @@ class Pool:
             raise SimulationError(f"job {job_id} on {vm.name}: no free slot ({vm.state})")
         vm.busy += 1
         vm.idle_since = None
-        self.first_started.setdefault(job_id, self.now)
-        self.attempt_started[job_id] = self.now
+        began = self.now + self.plane.poll_s  # the slot is taken; the agent finds the item later
+        self.first_started.setdefault(job_id, began)
+        self.attempt_started[job_id] = began
         self.running_on[job_id] = vm.name
-        self.schedule(self.now + self.jobs[job_id].duration, COMPLETE, (job_id, self.now))
+        self.schedule(began + self.jobs[job_id].duration, COMPLETE, (job_id, began))
 
     def dispatch(self, pull: bool) -> None:
         """Running VMs take work: their own queue first, then (pull model) the shared one,
@@ -252,6 +302,7 @@ class Pool:
     def handle(self, kind: str, data: object) -> None:
         if kind == ARRIVAL:
             assert isinstance(data, int)
+            self.issued += 1
             self.queue.append(data)
         elif kind == COMPLETE:
             job_id, began = data  # type: ignore[misc]
@@ -355,13 +406,22 @@ def quantile(values: tuple[float, ...] | list[float], q: float) -> float:
     return cuts[index - 1]
 
 
-def simulate(trace: Trace, params: PoolParams, controller: Controller, seed: int = 0) -> Result:
-    """Run one controller over one trace; raises SimulationError if work is lost."""
+def simulate(trace: Trace, params: PoolParams, controller: Controller, seed: int = 0,
+             plane: ControlPlane | None = None) -> Result:
+    """Run one controller over one trace; raises SimulationError if work is lost. `ARRIVAL`
+    is the work item entering the queue: the file's upload, unless `plane` delays it."""
     if not trace.jobs:
         raise SimulationError(f"trace {trace.name!r} has no jobs")
-    pool = Pool(trace, params, seed)
-    for job in trace.jobs:
-        pool.schedule(job.arrival, ARRIVAL, job.id)
+    pool = Pool(trace, params, seed, plane)
+    if pool.plane.ideal:
+        for job in trace.jobs:
+            pool.schedule(job.arrival, ARRIVAL, job.id)
+    else:
+        ordered = sorted(trace.jobs, key=lambda job: (job.arrival, job.id))
+        issued = pool.plane.issued_at([job.arrival for job in ordered])
+        for job, at in zip(ordered, issued, strict=True):
+            pool.schedule(job.arrival, UPLOAD, job.id)
+            pool.schedule(at, ARRIVAL, job.id)
     if controller.tick_s:
         pool.schedule(controller.tick_s, TICK, None)
     controller.setup(pool)
@@ -372,12 +432,17 @@ def simulate(trace: Trace, params: PoolParams, controller: Controller, seed: int
         if at > limit:
             break
         pool.now = at
+        if kind == UPLOAD:
+            pool.uploaded += 1
+            continue
         pool.handle(kind, data)
         pool.dispatch(controller.pull)
         if kind == TICK:
             controller.on_tick(pool)
             if controller.tick_s:
                 pool.schedule(at + controller.tick_s, TICK, None)
+        elif kind == REACT:
+            controller.on_react(pool)  # type: ignore[attr-defined] - only who schedules it
         else:
             controller.on_event(pool, kind)
         pool.dispatch(controller.pull)
