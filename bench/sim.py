@@ -18,8 +18,10 @@ so a wrong policy fails loudly instead of producing good figures.
 The running app has a control plane the pool waits for; `ControlPlane` models it when asked (its
 defaults are the ideal one, and leave every figure as it was): files become work items no
 faster than `dispatch_rate` per second and `dispatch_latency_s` after their upload (the blob
-trigger, the orchestration, the queue), and a free slot takes queued work `poll_s` after it
-could (the agent polls the queue). A file's wait is still counted from its upload.
+trigger, the orchestration, the queue), a free slot takes queued work `poll_s` after it could
+(the agent polls the queue), and a file holds its slot `job_overhead_s` longer than its
+processing (download, starting the action, upload, reporting). A file's wait is still counted
+from its upload, and the cost ratio's work is still the processing alone.
 """
 from __future__ import annotations
 
@@ -70,12 +72,13 @@ class ControlPlane:
     dispatch_rate: float = math.inf  # files per second turned into work items (one at a time)
     dispatch_latency_s: float = 0.0  # upload -> work item issued for a file that meets no queue
     poll_s: float = 0.0              # a free slot takes queued work this long after it could
+    job_overhead_s: float = 0.0      # a file holds its slot this much longer than its processing
 
     def __post_init__(self) -> None:
         if not self.dispatch_rate > 0:
             raise ValueError(f"dispatch_rate must be positive, got {self.dispatch_rate}")
-        if self.dispatch_latency_s < 0 or self.poll_s < 0:
-            raise ValueError("dispatch_latency_s and poll_s must not be negative")
+        if min(self.dispatch_latency_s, self.poll_s, self.job_overhead_s) < 0:
+            raise ValueError("dispatch_latency_s, poll_s and job_overhead_s must not be negative")
 
     @property
     def ideal(self) -> bool:
@@ -276,11 +279,15 @@ class Pool:
             raise SimulationError(f"job {job_id} on {vm.name}: no free slot ({vm.state})")
         vm.busy += 1
         vm.idle_since = None
-        began = self.now + self.plane.poll_s  # the slot is taken; the agent finds the item later
+        # The slot is taken; its agent finds the item at its next poll. A VM that has just come
+        # up polls at once (its first look at the queue is part of its boot).
+        fresh = vm.state_since == self.now and vm.boots > 0
+        began = self.now + (0.0 if fresh else self.plane.poll_s)
         self.first_started.setdefault(job_id, began)
         self.attempt_started[job_id] = began
         self.running_on[job_id] = vm.name
-        self.schedule(began + self.jobs[job_id].duration, COMPLETE, (job_id, began))
+        self.schedule(began + self.jobs[job_id].duration + self.plane.job_overhead_s, COMPLETE,
+                      (job_id, began))
 
     def dispatch(self, pull: bool) -> None:
         """Running VMs take work: their own queue first, then (pull model) the shared one,
