@@ -58,6 +58,7 @@ bench: install
 	$(PY) -m bench.policy
 	$(PY) -m bench.spot
 	$(PY) -m bench.latency
+	$(PY) -m bench.twin
 	$(PY) -m bench.agent_throughput | tee bench/results/agent_throughput.txt
 	$(PY) -m bench.durable_engine --activities 1000 --rounds 3 | tee bench/results/durable_1000.txt
 	$(PY) -m bench.durable_engine --activities 10000 --rounds 1 | tee bench/results/durable_10000.txt

@@ -57,6 +57,26 @@ def latency_table(figures: dict) -> list[str]:
     return [*lines, ""]
 
 
+def twin_table(document: dict) -> list[str]:
+    scale = document["scale"]
+    lines = ["### The app against its simulation (`bench/results/twin.json`)", "",
+             f"Times divided by {scale['factor']:g} (boot {scale['boot_s']:g} s); "
+             f"{scale['vms']} VMs x {scale['slots']} slots; waits in the twin's measured boot.",
+             "",
+             "| trace | files | side | cost ratio | p95 wait (boots) | p50 wait (boots) "
+             "| billed VM-s | VM starts |", "|---|---|---|---|---|---|---|---|"]
+    for trace, entry in document["traces"].items():
+        for side in ("real", "sim", "sim_ideal_control_plane"):
+            f = entry[side]
+            lines.append(f"| {trace} | {entry['files']} | {side} | {f['cost_ratio']:.3f} | "
+                         f"{f['p95_wait_boots']:.2f} | {f['p50_wait_boots']:.2f} | "
+                         f"{f['billed_vm_s']:.1f} | {f['vm_starts']} |")
+    lines += ["", "| burst (full size), dispatch rate (files/s) | p95 wait (boots) |", "|---|---|"]
+    for rate, p95 in document["dispatch_rate_p95_wait_boots"].items():
+        lines.append(f"| {rate} | {p95:.2f} |")
+    return [*lines, ""]
+
+
 def text_block(title: str, path: Path) -> list[str]:
     return [f"### {title} (`bench/results/{path.name}`)", "", "```",
             *path.read_text().strip().splitlines(), "```", ""]
@@ -70,6 +90,8 @@ def render() -> str:
         parts += spot_table(json.loads((RESULTS / "spot.json").read_text()))
     if (RESULTS / "latency.json").exists():
         parts += latency_table(json.loads((RESULTS / "latency.json").read_text()))
+    if (RESULTS / "twin.json").exists():
+        parts += twin_table(json.loads((RESULTS / "twin.json").read_text()))
     for title, name in (("Agent throughput", "agent_throughput.txt"),
                         ("Durable replays, 1,000 activities", "durable_1000.txt"),
                         ("Durable replays, 10,000 activities", "durable_10000.txt")):
