@@ -38,7 +38,9 @@ async def data_blob_trigger(blob: func.InputStream,
                             client: df.DurableOrchestrationClient) -> None:
     services = get_services()
     container, name = split_blob_path(blob.name or "", services.settings.data_container)
-    start = file_start_for_blob(services, container, name)
+    props = blob.blob_properties or {}
+    start = file_start_for_blob(services, container, name, {
+        "etag": props.get("ETag"), "size": blob.length, "metadata": blob.metadata})
     if start is None:
         return
     instance_id, payload = start

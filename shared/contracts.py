@@ -158,6 +158,7 @@ class FileJob(TypedDict):
     maxAttempts: int
     timeoutS: int
     backoffS: float
+    etag: NotRequired[str]  # the version of the blob the trigger saw (quoted), when known
 
 
 class WorkRequest(TypedDict):
@@ -255,13 +256,17 @@ def done_event_name(step: int, attempt: int) -> str:
 
 
 def file_job_input(settings: Settings, container: str, blob: str, instance_id: str,
-                   run_id: str = "") -> FileJob:
+                   run_id: str = "", etag: str = "") -> FileJob:
     """Everything `process_file` needs, fixed at start (a settings change never alters a job
     already running)."""
-    return {"jobId": instance_id, "instanceId": instance_id, "container": container,
-            "blob": blob, "runId": run_id, "actions": list(settings.pipeline_actions),
-            "maxAttempts": settings.max_attempts, "timeoutS": settings.job_timeout_seconds,
-            "backoffS": settings.retry_backoff_seconds}
+    job: FileJob = {"jobId": instance_id, "instanceId": instance_id, "container": container,
+                    "blob": blob, "runId": run_id, "actions": list(settings.pipeline_actions),
+                    "maxAttempts": settings.max_attempts,
+                    "timeoutS": settings.job_timeout_seconds,
+                    "backoffS": settings.retry_backoff_seconds}
+    if etag:
+        job["etag"] = etag
+    return job
 
 
 def run_input(settings: Settings, run_id: str, *, source: str | None = None,

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 from cronsim import CronSim
@@ -13,6 +16,7 @@ from shared.pipeline import FileRef
 from shared.services import Services
 
 log = logging.getLogger(__name__)
+_ETAG = re.compile(r'^"?0x[0-9A-Fa-f]{1,32}"?$')  # how Blob storage writes a blob's ETag
 
 
 def scheduled_time(schedule: str, now: datetime) -> datetime:
@@ -28,23 +32,34 @@ def run_input_for_tick(services: Services, now: datetime) -> tuple[str, RunInput
     return run_id, run_input(s, run_id, source=s.collect_source, scheduled_at=when.isoformat())
 
 
-def file_start_for_blob(services: Services, container: str, name: str
-                        ) -> tuple[str, FileJob] | None:
+def file_start_for_blob(services: Services, container: str, name: str,
+                        seen: Mapping[str, Any] | None = None) -> tuple[str, FileJob] | None:
     """(instance id, input) for a new blob, or None when the blob is not ours to start:
-    it carries `run_id` (its run owns it), it is gone, or its name is hostile."""
+    it carries `run_id` (its run owns it), it is gone, or its name is hostile.
+
+    `seen` is what the trigger was given about the blob (`etag`, `size`, `metadata`); with
+    an ETag in it the blob is not asked about again."""
     try:
         check_blob_name(name)
-        props = services.blobs.get_blob_client(container, name).get_blob_properties()
     except BlobNameError as exc:
         log.warning("blob %r/%r ignored: %s", container, name[:200], exc)
         return None
-    except ResourceNotFoundError:
-        log.info("blob %s/%s is gone; nothing to start", container, name[:200])
+    seen = seen or {}
+    etag = seen.get("etag")
+    if isinstance(etag, str) and _ETAG.match(etag) and isinstance(seen.get("metadata"), dict):
+        size, metadata = int(seen.get("size") or 0), seen["metadata"]
+    else:  # not told, or not in a shape to trust: ask storage
+        try:
+            props = services.blobs.get_blob_client(container, name).get_blob_properties()
+        except ResourceNotFoundError:
+            log.info("blob %s/%s is gone; nothing to start", container, name[:200])
+            return None
+        etag, size, metadata = props.etag, props.size, props.metadata
+    if (metadata or {}).get("run_id"):
         return None
-    if (props.metadata or {}).get("run_id"):
-        return None
-    ref = FileRef(container, name, props.etag.strip('"'), props.size)
-    return ref.instance_id, file_job_input(services.settings, container, name, ref.instance_id)
+    ref = FileRef(container, name, etag.strip('"'), size)
+    return ref.instance_id, file_job_input(services.settings, container, name, ref.instance_id,
+                                           etag=f'"{ref.etag}"')
 
 
 def waiting_files(services: Services, older_than: datetime, limit: int
@@ -67,7 +82,7 @@ def waiting_files(services: Services, older_than: datetime, limit: int
             continue  # the trigger refused it too, with a warning
         ref = FileRef(container, blob.name, str(blob.etag).strip('"'), blob.size)
         out.append((ref.instance_id, file_job_input(services.settings, container, blob.name,
-                                                    ref.instance_id)))
+                                                    ref.instance_id, etag=f'"{ref.etag}"')))
     return out
 
 

@@ -70,6 +70,7 @@ class Job:
     cancel_reason: str = ""
     retry_of: str = ""
     retried_by: str = ""
+    source_etag: str = ""  # the original's version the job was started for, when known
     etag: str = field(default="", repr=False)
 
     _MAP = {"job_id": "PartitionKey", "instance_id": "instanceId", "container": "container",
@@ -78,7 +79,8 @@ class Job:
             "bytes_out": "bytesOut", "output": "output", "error": "error",
             "created_at": "createdAt", "started_at": "startedAt", "finished_at": "finishedAt",
             "duration_ms": "durationMs", "cancelled_by": "cancelledBy",
-            "cancel_reason": "cancelReason", "retry_of": "retryOf", "retried_by": "retriedBy"}
+            "cancel_reason": "cancelReason", "retry_of": "retryOf", "retried_by": "retriedBy",
+            "source_etag": "sourceEtag"}
 
     def merged(self, values: dict[str, Any], etag: str) -> Job:
         """This row after a merge of `values` (table columns) that returned `etag`: what a
@@ -133,13 +135,14 @@ class JobStore:
 
     def record_queued(self, job_id: str, instance_id: str, container: str, blob: str,
                       actions: tuple[str, ...], run_id: str = "",
-                      now: datetime | None = None, retry_of: str = "") -> Job:
+                      now: datetime | None = None, retry_of: str = "",
+                      source_etag: str = "") -> Job:
         """Create the job row; a second call returns the existing row unchanged."""
         entity = {"PartitionKey": job_id, "RowKey": ROW, "instanceId": instance_id,
                   "container": container, "blob": blob, "status": QUEUED, "runId": run_id,
                   "actions": ",".join(actions), "step": 0, "attempts": 0,
                   "createdAt": now or utcnow(), "bytesIn": 0, "bytesOut": 0,
-                  "retryOf": retry_of}
+                  "retryOf": retry_of, "sourceEtag": source_etag}
         try:
             meta = self.table.create_entity(entity)
         except ResourceExistsError:

@@ -97,7 +97,8 @@ def collect_files(services: Services, run: RunInput) -> list[RunFile]:
 def start_job(services: Services, job: FileJob) -> dict[str, Any]:
     row = services.jobs.record_queued(job["jobId"], job["instanceId"], job["container"],
                                       job["blob"], tuple(job["actions"]), job.get("runId", ""),
-                                      retry_of=job.get("retryOf", ""))
+                                      retry_of=job.get("retryOf", ""),
+                                      source_etag=job.get("etag", ""))
     run_cancel = _run_cancel(services, row.run_id) if row.run_id else None
     if run_cancel is not None and row.status in (QUEUED, RUNNING):
         row = services.jobs.cancel(row.job_id, run_cancel["by"], "its run was cancelled")
@@ -146,7 +147,7 @@ def finish_job(services: Services, outcome: JobOutcome) -> dict[str, Any]:
     source = services.blobs.get_blob_client(container, name)
     # Move the original first: the row says finished only once nothing is left to do.
     if status in JOB_RETRYABLE:  # kept in failed/ whatever KEEP_ORIGINALS says: it may be retried
-        _copy_then_delete(services, source, s.failed_container, name)
+        _copy_then_delete(services, source, s.failed_container, name, job.source_etag)
         services.blobs.get_blob_client(s.failed_container, failed_error_name(name)).upload_blob(
             json.dumps({"jobId": job.job_id, "status": status,
                         "error": outcome.get("error") or job.error,
@@ -154,9 +155,9 @@ def finish_job(services: Services, outcome: JobOutcome) -> dict[str, Any]:
                         "at": utcnow().isoformat()}).encode(),
             overwrite=True)
     elif s.keep_originals:
-        _copy_then_delete(services, source, s.archive_container, name)
+        _copy_then_delete(services, source, s.archive_container, name, job.source_etag)
     else:
-        _delete_if_exists(source)
+        _delete_if_exists(source, job.source_etag)
     # The row read above: if it moved since (a cancel), the ETag-guarded merge reads again.
     job = services.jobs.record_finished(
         outcome["jobId"], status, vm=outcome.get("vm") or "",
@@ -171,24 +172,27 @@ def finish_job(services: Services, outcome: JobOutcome) -> dict[str, Any]:
     return job.to_api()
 
 
-def _copy_then_delete(services: Services, source: Any, container: str, name: str) -> None:
+def _copy_then_delete(services: Services, source: Any, container: str, name: str,
+                      etag: str = "") -> None:
     """Copy the blob to `container` server-side and delete the original; repeat-safe.
 
-    The copy and the delete are both conditional on the original's ETag, so a newer file
-    uploaded under the same name meanwhile (another job) is neither archived nor deleted here.
-    Storage copies within the account without the bytes passing through this process; where
-    it refuses (an identity without read rights on the source, say), the blob is streamed.
+    The copy and the delete are both conditional on the original's ETag (the version the job
+    was started for, else the one there now), so a newer file uploaded under the same name
+    (another job) is neither archived nor deleted here. Storage copies within the account
+    without the bytes passing through this process; where it refuses (an identity without
+    read rights on the source, say), the blob is streamed.
     """
     if source.container_name == container:
         return  # a retry of a job whose original is already there
-    try:
-        props = source.get_blob_properties()
-    except ResourceNotFoundError:
-        return  # already moved by an earlier run of this step
+    if not etag:
+        try:
+            etag = source.get_blob_properties().etag
+        except ResourceNotFoundError:
+            return  # already moved by an earlier run of this step
     target = services.blobs.get_blob_client(container, name)
-    unchanged = {"etag": props.etag, "match_condition": MatchConditions.IfNotModified}
+    unchanged = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
     try:
-        _server_side_copy(source, target, props.etag)
+        _server_side_copy(source, target, etag)
     except ResourceModifiedError:
         return  # replaced by a newer upload: that file is its own job's
     except ResourceNotFoundError:
@@ -200,8 +204,8 @@ def _copy_then_delete(services: Services, source: Any, container: str, name: str
             stream = source.download_blob(**unchanged)
         except (ResourceNotFoundError, ResourceModifiedError):
             return
-        target.upload_blob(stream.chunks(), length=props.size, overwrite=True,
-                           metadata=props.metadata)
+        target.upload_blob(stream.chunks(), length=stream.size, overwrite=True,
+                           metadata=stream.properties.metadata)
     try:
         source.delete_blob(**unchanged)
     except (ResourceNotFoundError, ResourceModifiedError):
@@ -230,10 +234,12 @@ def _server_side_copy(source: Any, target: Any, etag: str) -> None:
                                 f"{status}")
 
 
-def _delete_if_exists(client: Any) -> None:
+def _delete_if_exists(client: Any, etag: str = "") -> None:
+    """Delete the blob (only the version `etag`, when given); gone or replaced is fine."""
+    condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
     try:
-        client.delete_blob()
-    except ResourceNotFoundError:
+        client.delete_blob(**condition)
+    except (ResourceNotFoundError, ResourceModifiedError):
         pass
 
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from shared.ingest import file_start_for_blob
 from shared.pipeline import finish_job, start_job
 from shared.services import Services
 from shared.settings import Settings
@@ -73,3 +74,37 @@ def test_the_returned_row_is_the_stored_row(services: Services) -> None:
     stored = services.jobs.get(job_id)
     assert (done.etag, done.status, done.vm, done.bytes_in, done.duration_ms) == \
         (stored.etag, stored.status, stored.vm, stored.bytes_in, stored.duration_ms)
+
+
+def test_a_newer_upload_under_the_same_name_is_left_for_its_own_job(
+        services: Services) -> None:
+    """The job knows the version it was started for: a file replaced meanwhile is neither
+    archived nor deleted by the old job's finish."""
+    data = services.settings.data_container
+    name = f"in/{uuid.uuid4().hex}.json"
+    client = services.blobs.get_blob_client(data, name)
+    first = client.upload_blob(b"old").get("etag")
+    start = file_start_for_blob(services, data, name)
+    assert start is not None and start[1]["etag"] == first
+    job_id, job = start
+    start_job(services, job)
+    client.upload_blob(b"new", overwrite=True)  # a newer file, its own job to come
+    finish_job(services, _outcome(job_id, "succeeded"))
+    assert client.download_blob().readall() == b"new"
+    assert not services.blobs.get_blob_client(services.settings.archive_container,
+                                              name).exists()
+
+
+def test_the_trigger_is_believed_only_when_it_told_a_storage_etag(
+        services: Services) -> None:
+    data = services.settings.data_container
+    name = f"in/{uuid.uuid4().hex}.json"
+    etag = services.blobs.get_blob_client(data, name).upload_blob(
+        b"x", metadata={"run_id": "run-1"})["etag"]
+    # Told everything: the metadata the trigger saw decides (this blob was not asked about).
+    assert file_start_for_blob(services, data, name,
+                               {"etag": etag, "size": 1, "metadata": {}}) is not None
+    # Told an ETag in no shape storage writes, or no metadata: storage is asked, and its
+    # metadata (a run owns this blob) decides.
+    for seen in ({"etag": "{}", "metadata": {}}, {"etag": etag, "metadata": None}):
+        assert file_start_for_blob(services, data, name, seen) is None
