@@ -193,7 +193,7 @@ class JobStore:
                                  mode=UpdateMode.MERGE)
 
     def record_attempt(self, job_id: str, step: int, attempt: int,
-                       now: datetime | None = None) -> Job:
+                       now: datetime | None = None, read: Job | None = None) -> Job:
         """A work item for (step, attempt) was issued; ignored once the job is finished."""
         def changes(job: Job) -> dict[str, Any]:
             out: dict[str, Any] = {"status": RUNNING, "step": step,
@@ -202,7 +202,7 @@ class JobStore:
                 out["startedAt"] = now or utcnow()
             return out
 
-        return self._update(job_id, changes, read=self.get(job_id))
+        return self._update(job_id, changes, read=read or self.get(job_id))
 
     def record_finished(self, job_id: str, status: str, *, vm: str = "", bytes_in: int = 0,
                         bytes_out: int = 0, output: str = "", error: str = "",

@@ -38,6 +38,7 @@ from shared.contracts import (
     WorkRequest,
     done_event_name,
 )
+from shared.jobs import Job
 from shared.naming import check_blob_name, failed_error_name, file_instance_id
 from shared.paging import SortKey, equals_filter, page
 from shared.services import Services
@@ -95,6 +96,10 @@ def collect_files(services: Services, run: RunInput) -> list[RunFile]:
 
 
 def start_job(services: Services, job: FileJob) -> dict[str, Any]:
+    return _start(services, job).to_api()
+
+
+def _start(services: Services, job: FileJob) -> Job:
     row = services.jobs.record_queued(job["jobId"], job["instanceId"], job["container"],
                                       job["blob"], tuple(job["actions"]), job.get("runId", ""),
                                       retry_of=job.get("retryOf", ""),
@@ -105,21 +110,22 @@ def start_job(services: Services, job: FileJob) -> dict[str, Any]:
     if row.attempts == 0:
         services.log.write("job.queued", f"{job['container']}/{job['blob']} queued",
                            job_id=job["jobId"], run_id=job.get("runId", ""))
-    return row.to_api()
+    return row
 
 
 def issue_work_item(services: Services, request: WorkRequest) -> IssuedWork:
     """Sign and enqueue one attempt of one step; record the attempt on the job. With
     `start` (a job's first item, from orchestration version 2.0) the job row is recorded
     first, as `start_job` does; a job cancelled by then issues nothing."""
+    row = None
     if request.get("start"):
-        row = start_job(services, request["start"])
-        if row["status"] == CANCELLED:
+        row = _start(services, request["start"])
+        if row.status == CANCELLED:
             return {"jobId": request["jobId"], "cancelled": True}
     item = WorkItem(job_id=request["jobId"], instance_id=request["instanceId"],
                     step=request["step"], action=request["action"], blob=request["blob"],
                     attempt=request["attempt"]).signed(services.settings.callback_signing_key)
-    job = services.jobs.record_attempt(item.job_id, item.step, item.attempt)
+    job = services.jobs.record_attempt(item.job_id, item.step, item.attempt, read=row)
     if job.status == CANCELLED:
         return {"jobId": item.job_id, "cancelled": True}
     services.issued.record(item)
