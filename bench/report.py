@@ -44,16 +44,28 @@ def spot_table(document: dict) -> list[str]:
     return [*lines, ""]
 
 
-def latency_table(figures: dict) -> list[str]:
-    lines = ["### Control-plane latency (`bench/results/latency.json`)", "",
-             "| figure | value |", "|---|---|",
-             f"| upload → processing start, warm VM, p50 | {figures['upload_to_start_p50_s']} s |",
-             f"| upload → processing start, warm VM, p95 | {figures['upload_to_start_p95_s']} s |",
-             f"| batch of {figures['files']} files on {figures['slots']} slots | "
-             f"{figures['batch_files_per_s']} files/s |"]
-    for name, rate in figures["raw"].items():
-        lines.append(f"| raw Azurite {name.replace('_', ' ')} | {rate} |")
-    lines.append(f"| batch files/s ÷ raw blob uploads/s | {figures['batch_vs_raw_blob_upload']} |")
+def latency_table(figures: dict, title: str = "Control-plane throughput",
+                  source: str = "latency.json") -> list[str]:
+    raw = figures["raw"]
+    lines = [f"### {title} (`bench/results/{source}`)", "",
+             f"One warm VM with {figures['slots']} slots and a `cp` action; upload → processing "
+             f"start of a lone file p50 {figures['upload_to_start_p50_s']} s, p95 "
+             f"{figures['upload_to_start_p95_s']} s. Raw Azurite (median of "
+             f"{len(figures['raw_samples'])} samples of {figures['raw_ops_per_sample']}): "
+             f"{raw['blob_upload_per_s']} blob uploads/s, "
+             f"{raw['queue_send_receive_delete_per_s']} queue send+receive+delete/s, "
+             f"{raw['table_insert_read_per_s']} table insert+read/s.", "",
+             "| files | dispatched files/s | completed files/s | dispatched ÷ raw uploads "
+             "| storage requests/file (blob, queue, table) | CPU s/file (devhost, Azurite, agent) "
+             "| activities/file | episodes/file |", "|---|---|---|---|---|---|---|---|"]
+    for b in figures["batches"]:
+        svc, cpu = b["requests_per_file_by_service"], b["cpu_s_per_file"]
+        lines.append(
+            f"| {b['files']} | {b['dispatched_files_per_s']} | {b['completed_files_per_s']} | "
+            f"{b['dispatched_vs_raw_blob_upload']} | {b['requests_per_file']} ("
+            f"{svc.get('blob', 0)}, {svc.get('queue', 0)}, {svc.get('table', 0)}) | "
+            f"{cpu['total']} ({cpu['devhost']}, {cpu['azurite']}, {cpu['agent']}) | "
+            f"{b['activities_per_file']} | {b['episodes_per_file']} |")
     return [*lines, ""]
 
 
@@ -90,6 +102,10 @@ def render() -> str:
         parts += spot_table(json.loads((RESULTS / "spot.json").read_text()))
     if (RESULTS / "latency.json").exists():
         parts += latency_table(json.loads((RESULTS / "latency.json").read_text()))
+    if (RESULTS / "latency_before.json").exists():
+        parts += latency_table(json.loads((RESULTS / "latency_before.json").read_text()),
+                               "Control-plane throughput before the hot-path work",
+                               "latency_before.json")
     if (RESULTS / "twin.json").exists():
         parts += twin_table(json.loads((RESULTS / "twin.json").read_text()))
     for title, name in (("Agent throughput", "agent_throughput.txt"),
