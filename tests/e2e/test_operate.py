@@ -328,14 +328,16 @@ def test_webhooks_are_signed_retried_and_refused_for_private_addresses(start_app
 
 
 def _power_intervals(state_dir: Path) -> dict[str, float]:
-    """Start-to-exit seconds per VM from the local backend's own record of its processes."""
+    """Start-to-deallocated seconds per VM from the local backend's own record of its
+    processes (its `stop` and `exit` lines fall in between: billing runs until the
+    deallocation completed)."""
     starts: dict[int, tuple[str, float]] = {}
     seconds: dict[str, float] = {}
     for line in (state_dir / "power.jsonl").read_text().splitlines():
         event = json.loads(line)
         if event["event"] == "start":
             starts[event["pid"]] = (event["vm"], event["at"])
-        elif event["pid"] in starts:
+        elif event["event"] == "deallocated" and event["pid"] in starts:
             vm, began = starts.pop(event["pid"])
             seconds[vm] = seconds.get(vm, 0.0) + event["at"] - began
     assert not starts, f"processes still running: {starts}"
