@@ -13,6 +13,7 @@ devhost keeps its own copy of these rules so it depends on nothing of the app it
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,32 @@ _DEV_ACCOUNT = "devstoreaccount1"
 _DEV_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
             "KBHBeksoGMGw==")
 _SERVICES = ("blob", "queue", "table")
+
+
+# The real host's storage clients (.NET) read proxy and CA settings once; requests and aiohttp
+# read them from the environment on every request (a sixth of devhost's CPU when busy). A CA
+# bundle is read here once; a proxy or netrc setting keeps the SDK's default transport.
+_PER_REQUEST_SETTINGS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "NETRC")
+_CA_BUNDLE_SETTINGS = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # requests' order
+
+
+def transport_options(aio: bool = False, environ: Mapping[str, str] | None = None
+                      ) -> dict[str, Any]:
+    """Keyword arguments for an SDK client (sync, or `aio`) whose transport skips the
+    per-request environment lookups, unless a proxy or netrc setting needs them."""
+    source = os.environ if environ is None else environ
+    values = {name.upper(): value for name, value in source.items() if value}
+    if set(values) & set(_PER_REQUEST_SETTINGS):
+        return {}
+    if aio:  # aiohttp reads no CA bundle setting: only proxies and netrc are at stake
+        from azure.core.pipeline.transport import AioHttpTransport  # noqa: PLC0415
+
+        return {"transport": AioHttpTransport(use_env_settings=False)}
+    bundle = next((values[name] for name in _CA_BUNDLE_SETTINGS if name in values), None)
+    from azure.core.pipeline.transport import RequestsTransport  # noqa: PLC0415
+
+    return {"transport": RequestsTransport(use_env_settings=False,
+                                           connection_verify=bundle or True)}
 
 
 class ConnectionSettingError(ConfigError):
@@ -109,6 +136,7 @@ class HostConnection:
         return DefaultAzureCredential(managed_identity_client_id=self.client_id)
 
     def _client(self, cls: Any, service: str, **kwargs: Any) -> Any:
+        kwargs.update(transport_options())
         if self.connection_string:
             return cls.from_connection_string(self.connection_string, **kwargs)
         assert self.endpoints is not None

@@ -116,9 +116,18 @@ def test_health_answers_when_storage_hangs(storage_env: dict[str, str],
 def test_clients_skip_environment_lookups_unless_the_environment_sets_some() -> None:
     quiet = client_options({"PATH": "/usr/bin", "HOME": "/root"})
     assert isinstance(quiet["transport"], RequestsTransport)
+    assert quiet["transport"].connection_config.verify is True
     with quiet["transport"] as transport:  # the requests session it opens trusts no env
         assert transport.session.trust_env is False
-    # A proxy, a CA bundle or a netrc in the environment: the SDK's default, which reads them.
-    for name in ("HTTPS_PROXY", "https_proxy", "REQUESTS_CA_BUNDLE", "NETRC"):
+    # A proxy or a netrc in the environment: the SDK's default, which reads them per request.
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "NETRC"):
         assert client_options({name: "x"}) == {}
     assert "transport" in client_options({"HTTPS_PROXY": ""})  # set but empty: nothing to use
+    # A CA bundle is read once and verified against, in requests' order of precedence.
+    bundled = client_options({"CURL_CA_BUNDLE": "/etc/curl.pem",
+                              "requests_ca_bundle": "/etc/requests.pem"})
+    assert bundled["transport"].connection_config.verify == "/etc/requests.pem"
+    with bundled["transport"] as transport:
+        assert transport.session.trust_env is False
+    assert client_options({"CURL_CA_BUNDLE": "/etc/curl.pem"})[
+        "transport"].connection_config.verify == "/etc/curl.pem"

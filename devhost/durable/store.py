@@ -25,6 +25,7 @@ from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient
 
+from devhost.connections import transport_options
 from devhost.durable.errors import HubNameError
 
 _HUB_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,44}$")
@@ -62,8 +63,10 @@ class DurableStore:
 
     async def open(self) -> None:
         """Make the clients; create the tables and the container if they are missing."""
-        self._tables = TableServiceClient.from_connection_string(self._connection_string)
-        self._blobs = BlobServiceClient.from_connection_string(self._connection_string)
+        self._tables = TableServiceClient.from_connection_string(
+            self._connection_string, **transport_options(aio=True))
+        self._blobs = BlobServiceClient.from_connection_string(
+            self._connection_string, **transport_options(aio=True))
         self.instances = self._tables.get_table_client(f"{self.hub}Instances")
         self.inbox = self._tables.get_table_client(f"{self.hub}Inbox")
         self.container = self._blobs.get_container_client(f"{self.hub.lower()}-durable")

@@ -3,8 +3,9 @@ connections", "Connecting to host storage with an identity"): devhost's own reso
 from __future__ import annotations
 
 import pytest
+from azure.core.pipeline.transport import AioHttpTransport, RequestsTransport
 
-from devhost.connections import ConnectionSettingError, HostConnection
+from devhost.connections import ConnectionSettingError, HostConnection, transport_options
 
 
 def test_connection_string_and_development_storage() -> None:
@@ -40,3 +41,18 @@ def test_bad_settings_name_the_setting(settings: dict[str, str], needle: str) ->
     with pytest.raises(ConnectionSettingError, match="Store") as err:
         HostConnection.resolve("Store", settings)
     assert needle in str(err.value)
+
+
+def test_transports_skip_per_request_environment_lookups() -> None:
+    sync = transport_options(environ={"REQUESTS_CA_BUNDLE": "/etc/ca.pem", "HOME": "/root"})
+    assert isinstance(sync["transport"], RequestsTransport)
+    assert sync["transport"].connection_config.verify == "/etc/ca.pem"  # read once, kept
+    with sync["transport"] as transport:
+        assert transport.session.trust_env is False
+    aio = transport_options(aio=True, environ={"REQUESTS_CA_BUNDLE": "/etc/ca.pem"})
+    assert isinstance(aio["transport"], AioHttpTransport)
+    assert aio["transport"]._use_env_settings is False
+    # A proxy or netrc setting must be read per request: the SDK's default transport.
+    for name in ("https_proxy", "NO_PROXY", "NETRC"):
+        assert transport_options(environ={name: "x"}) == {}
+        assert transport_options(aio=True, environ={name: "x"}) == {}
