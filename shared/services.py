@@ -35,7 +35,7 @@ from shared.webhooks import Deliveries, WebhookPolicy
 
 log = logging.getLogger(__name__)
 ARRIVAL_WINDOW_S = 600.0  # the policy's arrival-rate window
-WAITING_FILES_LIMIT = 200  # enough to tell "work is on its way", cheap enough for every pass
+WAITING_FILES_LIMIT = 200  # the most one count lists: a page of names is costly to parse
 
 
 @dataclass
@@ -127,6 +127,7 @@ class Services:
         """Blobs that arrived in the data container lately, in the first `limit` listed. Only
         recent ones count: a file stuck there for longer is the sweeper's, not work on its
         way, and must not keep VMs up."""
+        limit = max(1, min(limit, WAITING_FILES_LIMIT))
         blobs = self.blobs.get_container_client(self.settings.data_container).list_blobs(
             results_per_page=limit)
         since = datetime.now(timezone.utc) - timedelta(seconds=ARRIVAL_WINDOW_S)

@@ -127,9 +127,10 @@ class Scaler:
         # When work items were queued recently (epoch seconds), for the policy's arrival rate;
         # without it the policy sizes its warm reserve from the work in flight alone.
         self.arrival_times: Callable[[float], list[float]] | None = None
-        # How many files wait in the data container (bounded count): work on its way that the
-        # queue does not show yet, so the policy stops no idle VM meanwhile.
-        self.waiting_files: Callable[[], int] | None = None
+        # How many files wait in the data container, counting at most the limit it is given:
+        # work on its way that the queue does not show yet, so the policy stops no idle VM
+        # meanwhile.
+        self.waiting_files: Callable[[int], int] | None = None
         # Passes triggered by every event would each read every VM's power state; ARM limits
         # reads per subscription, so a busy app reconciles at most this often.
         self.min_reconcile_interval_s = min_reconcile_interval_s
@@ -200,13 +201,22 @@ class Scaler:
                                in_flight=in_flight, now=now_s, arrivals_per_s=rate,
                                pending=self._pending(queued, in_flight))
 
+    # Old files a listing may meet before the recent ones (it runs in name order): stuck ones
+    # the sweeper has yet to restart, which must not hide the work that is on its way.
+    WAITING_MARGIN = 32
+
     def _pending(self, queued: int, in_flight: int) -> int:
         """Files waiting in the data container beyond the work already queued or claimed (the
-        blob trigger has not started them yet); 0 when unknown."""
-        if self.waiting_files is None:
+        blob trigger has not started them yet); 0 when unknown or not needed.
+
+        The policy only asks whether anything waits (to keep idle VMs up), so with work
+        queued the container is not listed at all, and otherwise only far enough to find one
+        file beyond those in flight (their originals are still there): a busy pass costs no
+        listing, and no pass parses a page of thousands of names."""
+        if self.waiting_files is None or queued > 0:
             return 0
         try:
-            return max(0, self.waiting_files() - queued - in_flight)
+            return max(0, self.waiting_files(in_flight + 1 + self.WAITING_MARGIN) - in_flight)
         except Exception:  # noqa: BLE001 - a listing failure only loses the hint
             return 0
 

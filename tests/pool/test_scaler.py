@@ -70,6 +70,29 @@ def test_snapshot_counts_queue_claims_and_vms(pool: Scaler) -> None:
     assert pool.registry.get("vm01").backend_id.endswith("/virtualMachines/vm01")
 
 
+def test_waiting_files_are_counted_only_when_nothing_is_queued(pool: Scaler) -> None:
+    asked: list[int] = []
+    pool.waiting_files = lambda limit: asked.append(limit) or 5
+    item = WorkItem("job1", "inst1", 0, "process", "data/a.csv", 1)
+    pool.claims.claim(item, "vm01")
+    assert pool.snapshot().pending == 4  # five originals there, one of them in flight
+    assert asked == [1 + 1 + Scaler.WAITING_MARGIN]
+    _enqueue(pool, 1)
+    assert pool.snapshot().pending == 0  # queued work already keeps VMs up: no listing
+    assert len(asked) == 1
+
+
+def test_waiting_files_counts_recent_blobs_up_to_its_limit(storage_env: dict[str, str]) -> None:
+    services = Services.from_env(storage_env)
+    ensure_resources(services.settings, services.connection)
+    data = services.blobs.get_container_client(services.settings.data_container)
+    for i in range(5):
+        data.upload_blob(f"waiting-{i}.json", b"{}", overwrite=True)
+    assert services.count_waiting_files(3) == 3
+    assert services.count_waiting_files(50) == 5
+    assert services.count_waiting_files(0) == 1  # at least one is looked at
+
+
 def test_backlog_starts_vms_without_waiting(pool: Scaler, fake_arm: FakeArm) -> None:
     _enqueue(pool, 2)
     report = pool.run_once()
