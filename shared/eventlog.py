@@ -1,12 +1,16 @@
 """The event log (`tbllog`): what happened, newest first, for people and audits.
 
 PartitionKey is the UTC day, RowKey an inverted timestamp plus a random suffix, so a day's
-events read newest first without sorting and concurrent writers never collide.
+events read newest first without sorting and concurrent writers never collide. Events one
+step records together (a batch) go in one entity-group transaction per day.
 """
 from __future__ import annotations
 
 import json
+import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,6 +22,36 @@ from shared.clock import utcnow
 _MAX_TICKS = 10**19
 
 
+def _row(kind: str, message: str, job_id: str, vm: str, run_id: str,
+         data: dict[str, Any] | None, now: datetime | None) -> dict[str, Any]:
+    moment = now or utcnow()
+    ticks = int(moment.timestamp() * 1_000_000)
+    return {"PartitionKey": moment.strftime("%Y%m%d"),
+            "RowKey": f"{_MAX_TICKS - ticks:019d}-{uuid.uuid4().hex[:8]}", "kind": kind,
+            "message": message[:4000], "jobId": job_id, "vm": vm, "runId": run_id,
+            "data": json.dumps(data or {})[:30000], "at": moment}
+
+
+def _telemetry(row: dict[str, Any], data: dict[str, Any] | None) -> None:
+    # The same event as a structured log record, for Application Insights and KQL.
+    telemetry.event(row["kind"], row["message"], job_id=row["jobId"], vm=row["vm"],
+                    run_id=row["runId"], data=data)
+
+
+class EventBatch:
+    """Events collected by `EventLog.batch()`, written together when the block ends."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+
+    def write(self, kind: str, message: str, *, job_id: str = "", vm: str = "",
+              run_id: str = "", data: dict[str, Any] | None = None,
+              now: datetime | None = None) -> str:
+        row = _row(kind, message, job_id, vm, run_id, data, now)
+        self.rows.append((row, data))
+        return row["RowKey"]
+
+
 class EventLog:
     def __init__(self, table: TableClient) -> None:
         self.table = table
@@ -25,16 +59,38 @@ class EventLog:
     def write(self, kind: str, message: str, *, job_id: str = "", vm: str = "",
               run_id: str = "", data: dict[str, Any] | None = None,
               now: datetime | None = None) -> str:
-        moment = now or utcnow()
-        ticks = int(moment.timestamp() * 1_000_000)
-        row_key = f"{_MAX_TICKS - ticks:019d}-{uuid.uuid4().hex[:8]}"
-        self.table.create_entity({
-            "PartitionKey": moment.strftime("%Y%m%d"), "RowKey": row_key, "kind": kind,
-            "message": message[:4000], "jobId": job_id, "vm": vm, "runId": run_id,
-            "data": json.dumps(data or {})[:30000], "at": moment})
-        # The same event as a structured log record, for Application Insights and KQL.
-        telemetry.event(kind, message, job_id=job_id, vm=vm, run_id=run_id, data=data)
-        return row_key
+        row = _row(kind, message, job_id, vm, run_id, data, now)
+        self.table.create_entity(row)
+        _telemetry(row, data)
+        return row["RowKey"]
+
+    @contextmanager
+    def batch(self) -> Iterator[EventBatch]:
+        """Events written inside the block are stored when it ends, one request per day they
+        fall on (the block's own failure still stores those written before it)."""
+        events = EventBatch()
+        try:
+            yield events
+        finally:
+            failing = sys.exc_info()[0] is not None
+            try:
+                self._flush(events)
+            except Exception:
+                if not failing:
+                    raise  # otherwise the block's own error is the one to report
+
+    def _flush(self, events: EventBatch) -> None:
+        by_day: dict[str, list[dict[str, Any]]] = {}
+        for row, _data in events.rows:
+            by_day.setdefault(row["PartitionKey"], []).append(row)
+        for rows in by_day.values():
+            if len(rows) == 1:
+                self.table.create_entity(rows[0])
+            else:  # keys are unique (random suffix): a transaction cannot collide
+                self.table.submit_transaction([("create", row) for row in rows])
+        for row, data in events.rows:
+            _telemetry(row, data)
+        events.rows.clear()
 
     def times(self, kind: str, since: datetime, now: datetime | None = None) -> list[float]:
         """Epoch seconds of `kind` events since `since`."""

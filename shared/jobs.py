@@ -138,17 +138,31 @@ class JobStore:
                       now: datetime | None = None, retry_of: str = "",
                       source_etag: str = "") -> Job:
         """Create the job row; a second call returns the existing row unchanged."""
+        return self.create(job_id, instance_id, container, blob, actions, run_id, now=now,
+                           retry_of=retry_of, source_etag=source_etag)[0]
+
+    def create(self, job_id: str, instance_id: str, container: str, blob: str,
+               actions: tuple[str, ...], run_id: str = "", *, now: datetime | None = None,
+               retry_of: str = "", source_etag: str = "",
+               first_attempt: tuple[int, int] | None = None) -> tuple[Job, bool]:
+        """Create the job row, queued, or with `first_attempt` (step, attempt) already running
+        it (one write where a create and `record_attempt` would make two); returns the row
+        and whether this call created it (a repeat gets the existing row unchanged)."""
+        stamp = now or utcnow()
         entity = {"PartitionKey": job_id, "RowKey": ROW, "instanceId": instance_id,
                   "container": container, "blob": blob, "status": QUEUED, "runId": run_id,
                   "actions": ",".join(actions), "step": 0, "attempts": 0,
-                  "createdAt": now or utcnow(), "bytesIn": 0, "bytesOut": 0,
+                  "createdAt": stamp, "bytesIn": 0, "bytesOut": 0,
                   "retryOf": retry_of, "sourceEtag": source_etag}
+        if first_attempt is not None:
+            entity.update({"status": RUNNING, "step": first_attempt[0],
+                           "attempts": first_attempt[1], "startedAt": stamp})
         try:
             meta = self.table.create_entity(entity)
         except ResourceExistsError:
-            return self.get(job_id)
+            return self.get(job_id), False
         return Job(job_id=job_id, instance_id=instance_id, container=container, blob=blob,
-                   status=QUEUED).merged(entity, meta.get("etag", ""))
+                   status=QUEUED).merged(entity, meta.get("etag", "")), True
 
     def _update(self, job_id: str, changes: dict[str, Any] | Callable[[Job], dict[str, Any]],
                 allowed_from: tuple[str, ...] = (QUEUED, RUNNING), refuse: bool = False,

@@ -38,6 +38,7 @@ from shared.contracts import (
     WorkRequest,
     done_event_name,
 )
+from shared.eventlog import EventBatch
 from shared.jobs import Job
 from shared.naming import check_blob_name, failed_error_name, file_instance_id
 from shared.paging import SortKey, equals_filter, page
@@ -96,47 +97,53 @@ def collect_files(services: Services, run: RunInput) -> list[RunFile]:
 
 
 def start_job(services: Services, job: FileJob) -> dict[str, Any]:
-    return _start(services, job).to_api()
+    return _start(services, job)[0].to_api()
 
 
-def _start(services: Services, job: FileJob) -> Job:
-    row = services.jobs.record_queued(job["jobId"], job["instanceId"], job["container"],
-                                      job["blob"], tuple(job["actions"]), job.get("runId", ""),
-                                      retry_of=job.get("retryOf", ""),
-                                      source_etag=job.get("etag", ""))
+def _start(services: Services, job: FileJob, first: WorkItem | None = None,
+           events: EventBatch | None = None) -> tuple[Job, bool]:
+    """Record the job row (with `first`, already running that item); returns it and whether
+    this call created it. A job of a cancelled run is cancelled at once."""
+    row, created = services.jobs.create(
+        job["jobId"], job["instanceId"], job["container"], job["blob"], tuple(job["actions"]),
+        job.get("runId", ""), retry_of=job.get("retryOf", ""), source_etag=job.get("etag", ""),
+        first_attempt=(first.step, first.attempt) if first is not None else None)
     run_cancel = _run_cancel(services, row.run_id) if row.run_id else None
     if run_cancel is not None and row.status in (QUEUED, RUNNING):
         row = services.jobs.cancel(row.job_id, run_cancel["by"], "its run was cancelled")
-    if row.attempts == 0:
-        services.log.write("job.queued", f"{job['container']}/{job['blob']} queued",
-                           job_id=job["jobId"], run_id=job.get("runId", ""))
-    return row
+    if created or row.attempts == 0:
+        (events or services.log).write("job.queued", f"{job['container']}/{job['blob']} queued",
+                                       job_id=job["jobId"], run_id=job.get("runId", ""))
+    return row, created
 
 
 def issue_work_item(services: Services, request: WorkRequest) -> IssuedWork:
     """Sign and enqueue one attempt of one step; record the attempt on the job. With
-    `start` (a job's first item, from orchestration version 2.0) the job row is recorded
-    first, as `start_job` does; a job cancelled by then issues nothing."""
-    row = None
-    if request.get("start"):
-        row = _start(services, request["start"])
-        if row.status == CANCELLED:
-            return {"jobId": request["jobId"], "cancelled": True}
+    `start` (a job's first item, from orchestration version 2.0) the job row is created
+    running it, as `start_job` and `record_attempt` would in two writes; a job cancelled by
+    then issues nothing.
+
+    The item is recorded before the job row says it is running: a cancel merges the row and
+    then withdraws every item it finds, so it either finds this one or its merge made the
+    row's ETag stale for the write below, which then sees the cancel and sends nothing."""
     item = WorkItem(job_id=request["jobId"], instance_id=request["instanceId"],
                     step=request["step"], action=request["action"], blob=request["blob"],
                     attempt=request["attempt"]).signed(services.settings.callback_signing_key)
-    job = services.jobs.record_attempt(item.job_id, item.step, item.attempt, read=row)
-    if job.status == CANCELLED:
-        return {"jobId": item.job_id, "cancelled": True}
     services.issued.record(item)
-    services.work_queue.send_message(item.to_json())
-    if services.jobs.get(item.job_id).status == CANCELLED:
-        # Cancelled while this item was being issued: a cancel withdraws the items it can
-        # see, and this one it may have missed.
-        services.claims.withdraw(item.job_id, item.step_key)
-    services.log.write("work.issued", f"step {item.step} ({item.action}) attempt {item.attempt}",
-                       job_id=item.job_id, data={"blob": item.blob, "step": item.step,
-                                                 "attempt": item.attempt, "action": item.action})
+    with services.log.batch() as events:
+        if request.get("start"):
+            job, created = _start(services, request["start"], item, events)
+            if not created and job.status != CANCELLED:  # a repeat: the row is there already
+                job = services.jobs.record_attempt(item.job_id, item.step, item.attempt,
+                                                   read=job)
+        else:
+            job = services.jobs.record_attempt(item.job_id, item.step, item.attempt)
+        if job.status == CANCELLED:
+            return {"jobId": item.job_id, "cancelled": True}
+        services.work_queue.send_message(item.to_json())
+        events.write("work.issued", f"step {item.step} ({item.action}) attempt {item.attempt}",
+                     job_id=item.job_id, data={"blob": item.blob, "step": item.step,
+                                               "attempt": item.attempt, "action": item.action})
     return {"jobId": item.job_id, "step": item.step, "attempt": item.attempt,
             "eventName": done_event_name(item.step, item.attempt)}
 

@@ -100,3 +100,22 @@ def test_recent_times_reads_only_what_is_new(settings: Settings,
     assert len(log.times(kind, since=later - timedelta(seconds=600), now=later)) == 4
     # The window slides: the 300 s old event leaves it.
     assert len(recent((now + timedelta(seconds=301)).timestamp())) == 2
+
+
+def test_a_batch_of_events_is_stored_when_its_block_ends(settings: Settings,
+                                                         connection: StorageConnection) -> None:
+    ensure_resources(settings, connection)
+    log = EventLog(connection.table_service().get_table_client(settings.log_table))
+    day = datetime(2026, 3, 1, 23, 59, 59, tzinfo=timezone.utc)
+    with log.batch() as events:
+        events.write("job.queued", "one", job_id="b", now=day)
+        events.write("work.issued", "two", job_id="b", now=day + timedelta(microseconds=5))
+        events.write("work.issued", "next day", job_id="b", now=day + timedelta(seconds=2))
+        assert log.day(day) == []  # nothing stored before the block ends
+    assert [e["message"] for e in log.day(day)] == ["two", "one"]
+    assert [e["message"] for e in log.day(day + timedelta(seconds=2))] == ["next day"]
+    # A failing block still stores what it wrote before failing, and its error is the one seen.
+    with pytest.raises(ZeroDivisionError), log.batch() as events:
+        events.write("job.queued", "before the failure", now=day - timedelta(hours=1))
+        _ = 1 / 0
+    assert "before the failure" in [e["message"] for e in log.day(day)]
