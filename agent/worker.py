@@ -32,6 +32,7 @@ from shared.claims import (
     FAILED,
     AlreadyClaimed,
     AlreadyFinished,
+    Claim,
     ClaimError,
     ClaimLost,
     ClaimStore,
@@ -84,8 +85,10 @@ class JobHeartbeat:
     """Background thread keeping the message invisible and the claim fresh while a job runs."""
 
     def __init__(self, lease: MessageLease, claims: ClaimStore, item: WorkItem, vm: str,
-                 interval: float) -> None:
+                 interval: float, claim: Claim | None = None) -> None:
         self.lease, self.claims, self.item, self.vm = lease, claims, item, vm
+        # The claim as this agent last wrote it: each write is guarded by its ETag, no read.
+        self.claim = claim
         self.interval = interval
         self.claim_lost = threading.Event()
         self.withdrawn = threading.Event()  # the job was cancelled: the message is spent
@@ -106,7 +109,7 @@ class JobHeartbeat:
         while not self._stop.wait(self.interval):
             self.lease.extend()
             try:
-                self.claims.heartbeat(self.item, self.vm)
+                self.claim = self.claims.heartbeat(self.item, self.vm, known=self.claim)
             except ClaimWithdrawn as exc:
                 log.warning("job %s: %s; stopping the action", self.item.job_id, exc)
                 self.withdrawn.set()
@@ -138,7 +141,7 @@ class Worker:
         """Process a decoded work item whose slot is taken; returns what happened (for logs)."""
         vm = self.config.vm_name
         try:
-            self.claims.claim(item, vm)
+            claim = self.claims.claim(item, vm)
         except AlreadyFinished as exc:
             log.info("job %s step %s: %s; deleting the spent message", item.job_id,
                      item.step_key, exc)
@@ -149,12 +152,12 @@ class Worker:
             return "claimed-elsewhere"
         job_dir = self._job_dir(item, slot)
         beat = JobHeartbeat(lease, self.claims, item, vm,
-                            self.config.job_heartbeat_seconds).start()
+                            self.config.job_heartbeat_seconds, claim).start()
         try:
             try:
                 report = self.run_step(item, job_dir, beat)
             except HandedBack as exc:
-                return self.hand_back(item, lease, str(exc))
+                return self.hand_back(item, lease, str(exc), beat.claim)
             except StepAbandoned as exc:
                 if beat.withdrawn.is_set():
                     lease.delete()  # the job was cancelled: nobody needs this item again
@@ -167,11 +170,12 @@ class Worker:
             beat.stop()
             shutil.rmtree(job_dir, ignore_errors=True)
 
-    def hand_back(self, item: WorkItem, lease: MessageLease, reason: str) -> str:
+    def hand_back(self, item: WorkItem, lease: MessageLease, reason: str,
+                  known: Claim | None = None) -> str:
         """Give the attempt up so another VM takes it now, not after the claim goes stale: the
         claim is released (a released claim is taken over at once, and the attempt is the same,
         so it counts as no failure) and the message is made visible again."""
-        self._finish(item, ABANDONED, {"handedBack": reason[:200]})
+        self._finish(item, ABANDONED, {"handedBack": reason[:200]}, known)
         lease.release()
         log.warning("job %s step %s: handed back: %s", item.job_id, item.step_key, reason)
         return "handed-back"
@@ -321,7 +325,7 @@ class Worker:
             if exc.spent:
                 log.warning("job %s step %s: %s; the step is spent, deleting the message",
                             item.job_id, item.step_key, exc)
-                self._finish(item, ABANDONED, {"refused": exc.status})
+                self._finish(item, ABANDONED, {"refused": exc.status}, beat.claim)
                 lease.delete()
                 return "refused-spent"
             log.error("job %s step %s: %s; leaving the message", item.job_id, item.step_key,
@@ -335,7 +339,8 @@ class Worker:
         outcome = {"status": report.status, "exitCode": report.exit_code,
                    "output": report.output, "bytesIn": report.bytes_in,
                    "bytesOut": report.bytes_out, "durationMs": report.duration_ms}
-        self._finish(item, DONE if report.status == "succeeded" else FAILED, outcome)
+        self._finish(item, DONE if report.status == "succeeded" else FAILED, outcome,
+                     beat.claim)
         lease.delete()
         extra = {**self._attributes(item), "step.outcome": report.status,
                  "step.duration_ms": report.duration_ms}
@@ -348,10 +353,12 @@ class Worker:
                 extra=extra)
         return report.status
 
-    def _finish(self, item: WorkItem, state: str, outcome: dict[str, Any]) -> None:
+    def _finish(self, item: WorkItem, state: str, outcome: dict[str, Any],
+                known: Claim | None = None) -> None:
         try:
             self.claims.finish(item.job_id, item.step_key, self.config.vm_name, state,
-                               {k: v for k, v in outcome.items() if v is not None})
+                               {k: v for k, v in outcome.items() if v is not None},
+                               known=known)
         except ClaimError as exc:
             log.info("job %s step %s: claim not finished here: %s", item.job_id,
                      item.step_key, exc)

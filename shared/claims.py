@@ -132,27 +132,39 @@ class ClaimStore:
 
         return retry_on_conflict(attempt, lambda: AlreadyClaimed("unknown (contention)"))
 
-    def heartbeat(self, item: WorkItem, vm: str, now: datetime | None = None) -> None:
-        """Refresh the holder's heartbeat; raise `ClaimLost` if `vm` no longer holds it."""
-        current = self.get(item.job_id, item.step_key)
+    def heartbeat(self, item: WorkItem, vm: str, now: datetime | None = None,
+                  known: Claim | None = None) -> Claim:
+        """Refresh the holder's heartbeat; raise `ClaimLost` if `vm` no longer holds it.
+        `known` is the claim as the holder last wrote it: its ETag guards the write without
+        a read (a withdraw or takeover since makes it stale, and then the row is read)."""
+        current = known if known is not None and known.etag else self.get(item.job_id,
+                                                                            item.step_key)
         if current is not None and current.state == WITHDRAWN:
             raise ClaimWithdrawn(f"{item.job_id}/{item.step_key} was withdrawn (job cancelled)")
         if current is None or current.vm != vm or current.state != CLAIMED:
             raise ClaimLost(f"{vm} does not hold {item.job_id}/{item.step_key}")
+        stamp = now or utcnow()
         try:
-            update_if_unchanged(self.table, {"PartitionKey": item.job_id, "RowKey": item.step_key,
-                                             "heartbeatAt": now or utcnow()}, current.etag)
+            meta = update_if_unchanged(self.table, {"PartitionKey": item.job_id,
+                                                    "RowKey": item.step_key,
+                                                    "heartbeatAt": stamp}, current.etag)
         except ResourceModifiedError:
+            if current is known:  # changed since the holder's last write: see by whom
+                return self.heartbeat(item, vm, now)
             raise ClaimLost(f"{item.job_id}/{item.step_key} changed under {vm}") from None
+        return replace(current, heartbeat_at=stamp, etag=(meta or {}).get("etag", ""))
 
     def finish(self, job_id: str, step_key: str, vm: str, state: str,
-               outcome: dict[str, Any] | None = None, now: datetime | None = None) -> Claim:
-        """Mark the attempt finished by its holder. Repeating the same finish is harmless."""
+               outcome: dict[str, Any] | None = None, now: datetime | None = None,
+               known: Claim | None = None) -> Claim:
+        """Mark the attempt finished by its holder. Repeating the same finish is harmless.
+        `known` (the holder's last write) spares the read while nothing else changed it."""
         if state not in FINISHED_STATES:
             raise ValueError(f"not a finished state: {state}")
+        held = [known] if known is not None and known.etag else []
 
         def attempt() -> Claim:
-            current = self.get(job_id, step_key)
+            current = held.pop() if held else self.get(job_id, step_key)
             if current is None or current.vm != vm:
                 raise ClaimLost(f"{vm} does not hold {job_id}/{step_key}")
             if current.state in FINISHED_STATES:

@@ -144,3 +144,31 @@ def test_claim_and_finish_return_what_they_stored_without_reading_it_back(
     stored = claims.get(ITEM.job_id, ITEM.step_key)
     assert stored is not None and (done.state, done.etag, done.outcome["exitCode"]) == (
         stored.state, stored.etag, stored.outcome["exitCode"])
+
+
+def test_the_holders_last_write_guards_heartbeat_and_finish_without_a_read(
+        claims: ClaimStore) -> None:
+    from shared.claims import ClaimLost, ClaimWithdrawn  # noqa: PLC0415
+
+    mine = claims.claim(ITEM, "vm01")
+    beat = claims.heartbeat(ITEM, "vm01", known=mine)
+    stored = claims.get(ITEM.job_id, ITEM.step_key)
+    assert stored is not None and beat.etag == stored.etag and beat.etag != mine.etag
+    assert stored.heartbeat_at == beat.heartbeat_at
+    # A stale copy (the row moved on since) is read again, and what it says decides.
+    beat = claims.heartbeat(ITEM, "vm01", known=mine)
+    done = claims.finish(ITEM.job_id, ITEM.step_key, "vm01", DONE, {"exitCode": 0}, known=mine)
+    assert claims.get(ITEM.job_id, ITEM.step_key).etag == done.etag and done.state == DONE
+    other = WorkItem(**{**ITEM.__dict__, "attempt": 2})
+    held = claims.claim(other, "vm01")
+    taken = claims.claim(other, "vm02", now=utcnow() + timedelta(minutes=10))  # a takeover
+    with pytest.raises(ClaimLost):
+        claims.heartbeat(other, "vm01", known=held)
+    with pytest.raises(ClaimLost):
+        claims.finish(other.job_id, other.step_key, "vm01", DONE, known=held)
+    assert claims.get(other.job_id, other.step_key).etag == taken.etag  # nothing written
+    third = WorkItem(**{**ITEM.__dict__, "attempt": 3})
+    held = claims.claim(third, "vm01")
+    claims.withdraw(third.job_id, third.step_key)
+    with pytest.raises(ClaimWithdrawn):
+        claims.heartbeat(third, "vm01", known=held)
