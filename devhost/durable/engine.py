@@ -27,6 +27,7 @@ from devhost.durable import planner
 from devhost.durable.entities import EntityHost, entity_id
 from devhost.durable.errors import (
     DurableError,
+    EngineStoppingError,
     InstanceConflictError,
     InstanceGoneError,
     InstanceNotFoundError,
@@ -62,6 +63,8 @@ class _Live:
     children: int = 0  # sub-orchestrations started and not yet reported back
     # Entity operations leave in the order the orchestration sent them.
     entity_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # A new instance's creation, settled when its first episode is saved (or cannot be).
+    created: asyncio.Future | None = None
 
     @property
     def instance_id(self) -> str:
@@ -111,6 +114,9 @@ class DurableEngine:
         self._entities = EntityHost(entity_functions, self._store, loop, self._entity_answer)
         self._live: dict[str, _Live] = {}
         self._creating: set[str] = set()
+        # Every instance id with a row in the hub: this engine is its only writer (one process
+        # per hub), so what it has not seen does not exist, and asking costs no read.
+        self._known: set[str] = set()
         self._replayer: concurrent.futures.ThreadPoolExecutor | None = None
         self._activity_slots: asyncio.Semaphore | None = None
         self._activity_tasks: set[asyncio.Task] = set()
@@ -227,6 +233,8 @@ class DurableEngine:
         """The status JSON the Durable HTTP API returns for one instance."""
         h.check_name(instance_id, "instance id")
         live = self._live.get(instance_id)
+        if live is None and instance_id not in self._known:
+            raise InstanceNotFoundError(f"no instance with id {instance_id!r}")
         if live is None and not show_history:
             row = await self._store.get_row(instance_id)
             if row is None:
@@ -275,10 +283,11 @@ class DurableEngine:
             status = self._live[instance_id].doc["status"]
             raise InstanceConflictError(
                 f"instance {instance_id!r} is {status}; only finished instances can be purged")
-        row = await self._store.get_row(instance_id)
+        row = await self._store.get_row(instance_id) if instance_id in self._known else None
         if row is None:
             return 0
         await self._store.purge(instance_id)
+        self._known.discard(instance_id)
         return 1
 
     async def purge_many(self, *, statuses: set[str] | None, created_from: datetime | None,
@@ -290,6 +299,7 @@ class DurableEngine:
                 continue
             if row_matches(row, statuses, created_from, created_to, None):
                 await self._store.purge(row["PartitionKey"])
+                self._known.discard(row["PartitionKey"])
                 count += 1
         return count
 
@@ -310,7 +320,7 @@ class DurableEngine:
                 f"an orchestration instance with id {instance_id!r} is already {status}")
         self._creating.add(instance_id)
         try:
-            row = await self._store.get_row(instance_id)
+            row = await self._store.get_row(instance_id) if instance_id in self._known else None
             if row is not None:
                 # A non-finished row without a state document is a creation cut short.
                 if row["RuntimeStatus"] not in TERMINAL and (
@@ -319,6 +329,7 @@ class DurableEngine:
                         f"an orchestration instance with id {instance_id!r} is already"
                         f" {row['RuntimeStatus']}")
                 await self._store.purge(instance_id)
+                self._known.discard(instance_id)
             now = iso(utcnow())
             doc: dict[str, Any] = {
                 "instanceId": instance_id, "name": name,
@@ -329,13 +340,15 @@ class DurableEngine:
                 "actionsSeen": 0, "retries": {}, "retryTimers": {}, "timerLeaves": {},
                 "cancelledTimers": [], "buffered": [], "applied": [],
             }
-            await self._store.save(doc)
-            live = _Live(doc)
+            # The first episode runs before anything is stored and its save creates the
+            # instance: one write instead of a Pending row rewritten at once. The caller
+            # hears back once that save is done, so an accepted start is never lost.
+            live = _Live(doc, pending=[{"kind": "start"}], created=self._loop.create_future())
             self._live[instance_id] = live
         finally:
             self._creating.discard(instance_id)
-        live.pending.append({"kind": "start"})
         self._kick(live)
+        await asyncio.shield(live.created)
         return instance_id
 
     async def _load(self, instance_id: str) -> dict[str, Any]:
@@ -343,18 +356,35 @@ class DurableEngine:
         live = self._live.get(instance_id)
         if live is not None:
             return live.doc
+        if instance_id not in self._known:
+            raise InstanceNotFoundError(f"no instance with id {instance_id!r}")
         doc = await self._store.load_doc(instance_id)
         if doc is None:
             raise InstanceNotFoundError(f"no instance with id {instance_id!r}")
         return doc
 
     async def _command(self, instance_id: str, message: dict[str, Any]) -> None:
-        """Store a message for a running instance and wake it; 404/410 if it can't take it."""
+        """Store a message for a running instance and wake it; 404/410 if it can't take it.
+
+        An event for an instance held here goes straight into its next episode, and the
+        caller hears back once that episode is saved: the history holds it then, so the
+        inbox row a message otherwise waits in (a write and a delete) is not needed. Other
+        commands, and events for an instance still being created, go through the inbox."""
         doc = await self._load(instance_id)
-        if instance_id not in self._live or doc["status"] in TERMINAL:
+        live = self._live.get(instance_id)
+        if live is None or doc["status"] in TERMINAL:
             raise InstanceGoneError(
                 f"instance {instance_id!r} is {doc['status']} and takes no more events")
-        await self._post(instance_id, message)
+        if message["kind"] != "history" or (live.created is not None
+                                            and not live.created.done()):
+            await self._post(instance_id, message)
+            return
+        if not self._running:
+            raise EngineStoppingError("the host is stopping; the event was not recorded")
+        saved = self._loop.create_future()
+        self._append(live, dict(message, _saved=saved))
+        self._kick(live)
+        await asyncio.shield(saved)
 
     async def _post(self, instance_id: str, message: dict[str, Any]) -> None:
         msg_id = await self._store.post(instance_id, message)
@@ -392,15 +422,33 @@ class DurableEngine:
             saved = live.doc
             try:
                 await self._episode(live, batch)
-            except Exception:  # noqa: BLE001 - keep the instance alive and retry the batch
+            except Exception as exc:  # noqa: BLE001 - keep the instance alive, retry the batch
                 if live.doc is not saved:  # failed after saving: the batch is recorded
                     log.exception("durable: instance %s: follow-up after saving failed",
                                   live.instance_id)
                     continue
+                if self._abandon_creation(live, exc):
+                    return
                 log.exception("durable: instance %s: processing failed; retrying",
                               live.instance_id)
                 live.pending[:0] = batch
                 await asyncio.sleep(1.0)
+        if not self._running:
+            self._refuse_waiting(live, EngineStoppingError(
+                f"the host stopped before instance {live.instance_id!r} recorded the event"))
+        self._abandon_creation(live, EngineStoppingError(
+            f"the host stopped before instance {live.instance_id!r} was created"))
+
+    def _abandon_creation(self, live: _Live, exc: BaseException) -> bool:
+        """A creation whose first save failed is forgotten (nothing of it was stored) and
+        its caller gets the error; False when the instance exists already."""
+        if live.created is None or live.created.done():
+            return False
+        live.created.set_exception(exc)
+        if self._live.get(live.instance_id) is live:
+            del self._live[live.instance_id]
+        self._cancel_all_timers(live)
+        return True
 
     async def _gather(self, live: _Live) -> None:
         """Wait a moment for more completions while activities or children still run."""
@@ -431,6 +479,9 @@ class DurableEngine:
             if new_events:
                 work = await self._replay(doc, new_events, now)
         await self._commit(live, doc, msg_ids, work)
+        for item in batch:  # events whose callers wait for this save
+            if "_saved" in item and not item["_saved"].done():
+                item["_saved"].set_result(None)
 
     async def _replay(self, doc: dict[str, Any], new_events: list[dict[str, Any]],
                       now: datetime) -> list[planner.Work]:
@@ -452,7 +503,10 @@ class DurableEngine:
                       work: list[planner.Work]) -> None:
         """Save the state document and row, drop applied messages, then start new work."""
         await self._store.save(doc)
+        self._known.add(doc["instanceId"])
         live.doc = doc
+        if live.created is not None and not live.created.done():
+            live.created.set_result(None)
         if msg_ids:
             await self._store.delete_messages(doc["instanceId"], msg_ids)
         if doc["status"] in TERMINAL:
@@ -502,7 +556,19 @@ class DurableEngine:
         self._cancel_all_timers(live)
         if self._live.get(live.instance_id) is live:
             del self._live[live.instance_id]
+        self._refuse_waiting(live, InstanceGoneError(
+            f"instance {live.instance_id!r} is {doc['status']} and takes no more events"))
         await self._notify_parent(live.doc)
+
+    @staticmethod
+    def _refuse_waiting(live: _Live, exc: Exception) -> None:
+        """Events not yet in a saved episode of an instance that takes no more: their callers
+        get `exc` (nothing of them was kept)."""
+        waiting = [item for item in live.pending if "_saved" in item]
+        live.pending = [item for item in live.pending if "_saved" not in item]
+        for item in waiting:
+            if not item["_saved"].done():
+                item["_saved"].set_exception(exc)
 
     async def _notify_parent(self, doc: dict[str, Any]) -> None:
         parent = doc.get("parent")
@@ -577,7 +643,9 @@ class DurableEngine:
 
     async def _recover(self, messages: list[tuple[str, str, dict[str, Any]]]) -> None:
         """Rebuild in-memory state from storage and restart whatever was unfinished."""
-        for row in await self._store.list_rows():
+        rows = await self._store.list_rows()
+        self._known = {row["PartitionKey"] for row in rows}
+        for row in rows:
             if row["RuntimeStatus"] in TERMINAL:
                 continue
             doc = await self._store.load_doc(row["PartitionKey"])
@@ -645,6 +713,7 @@ class DurableEngine:
             adopted = _Live(child)
             self._live[child_id] = adopted
             await self._store.save(child)
+            self._known.add(child_id)
             await self._resume(adopted)
         elif (child.get("parent") or {}).get("taskId") == created["EventId"]:
             self._deliver(doc["instanceId"], doc["executionId"],

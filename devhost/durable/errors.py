@@ -60,3 +60,9 @@ class NotSupportedError(DurableError):
 
 class HubNameError(DurableError, ValueError):
     """The task hub name breaks the Durable Functions naming rule."""
+
+
+class EngineStoppingError(DurableError):
+    """The engine stopped before it could record the request; nothing of it was kept."""
+
+    status = 503

@@ -17,6 +17,7 @@ import pytest
 from azure.durable_functions import OrchestrationRuntimeStatus as Status
 from azure.storage.blob import BlobServiceClient
 
+from devhost.durable.history import EventType
 from devhost.durable.testing import EngineServer, SyncClient
 
 APP = Path(__file__).parent / "apps" / "durable_basics" / "function_app.py"
@@ -332,3 +333,34 @@ def test_entity_signal_and_read_from_the_client(client: SyncClient) -> None:
         time.sleep(0.05)
     with pytest.raises(Exception, match="status code 400"):
         client.signal_entity(df.EntityId("nosuch", "k"), "add", 1)
+
+
+def test_a_start_and_an_event_are_stored_in_the_instances_own_writes(
+        azurite, counters: str, proxy) -> None:
+    """No read for an id the hub does not hold; the first episode's save creates the
+    instance, and an event for a held instance goes
+    straight into the episode it starts: both calls return once that save is done, with no
+    Pending row written before and no inbox row for the event."""
+    hub = f"T{uuid.uuid4().hex[:12]}"
+    srv = EngineServer(APP, proxy.connection_string, hub, EXECUTOR).start()
+    try:
+        client = srv.client()
+        proxy.clear()
+        # The engine knows every id in its hub (read at start): an unknown one costs no read.
+        assert client.get_status("never-started").runtime_status is None
+        instance_id = client.start_new("approval", None, 300)
+        mine = [(s.method, s.status) for s in proxy.requests() if hub in s.path]
+        assert mine == [("PUT", 204)]  # the first episode's save, nothing before it
+        row = srv.lt.run(srv.engine._store.get_row(instance_id))
+        assert row is not None and row["RuntimeStatus"] == "Running"
+        proxy.clear()
+        client.raise_event(instance_id, "approve", {"by": "grace"})
+        mine = [(s.method, s.path.split("/")[-1][:len(hub) + 5]) for s in proxy.requests()
+                if hub in s.path and s.write]
+        assert mine[:1] == [("PUT", f"{hub}Insta")] and not [m for m in mine if "Inbox" in m[1]]
+        doc = srv.lt.run(srv.engine._store.load_doc(instance_id))
+        raised = [e for e in doc["history"] if e["EventType"] == EventType.EVENT_RAISED]
+        assert [e["Name"] for e in raised] == ["approve"]  # in the saved history on return
+        assert client.wait(instance_id).output == {"approved": {"by": "grace"}}
+    finally:
+        srv.stop()
