@@ -70,7 +70,8 @@ class JobReport:
 
     def body(self, item: WorkItem) -> dict[str, Any]:
         return {"step": item.step, "attempt": item.attempt, "token": item.token,
-                "action": item.action, "status": self.status, "exitCode": self.exit_code,
+                "action": item.action, "instanceId": item.instance_id, "blob": item.blob,
+                "status": self.status, "exitCode": self.exit_code,
                 "error": _bounded(self.error), "output": self.output, "bytesIn": self.bytes_in,
                 "bytesOut": self.bytes_out, "durationMs": self.duration_ms}
 

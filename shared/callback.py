@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from shared import telemetry
 from shared.api import (
@@ -31,7 +32,7 @@ from shared.jobs import JobNotFound
 from shared.naming import BlobNameError, check_blob_name
 from shared.pool.registry import UnknownVm, VmPriority, VmRecord
 from shared.services import Services
-from shared.workitem import verify
+from shared.workitem import WorkItem, verify
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 8000
@@ -43,6 +44,9 @@ COUNTS = ("bytesIn", "bytesOut", "durationMs")
 DONE_BODY = (
     BodyField("step", int, required=True), BodyField("attempt", int, required=True),
     BodyField("token", str, required=True), BodyField("action", str),
+    # The rest of the work item (agents from this version on): the token proves them, which
+    # spares reading the issued item.
+    BodyField("instanceId", str, default=""), BodyField("blob", str, default=""),
     BodyField("status", str, required=True, choices=STEP_STATUSES),
     BodyField("exitCode", int, nullable=True), BodyField("error", str, default="", nullable=True),
     BodyField("output", str, default="", nullable=True),
@@ -64,7 +68,6 @@ class DoneEvent:
     job_id: str
     step: int
     attempt: int
-    etag: str
     action: str = ""
 
 
@@ -135,16 +138,18 @@ def check_done(services: Services, vm: str, job_id: str, body: bytes,
         if container != s.results_container:
             raise bad_request(f"field 'output' must be in the '{s.results_container}' container")
     _check_worker(services, vm, headers)
-    issued = services.issued.get(job_id, step, attempt)
-    if issued is None:  # the job row is read only to say which of the two is missing
-        try:
-            services.jobs.get(job_id)
-        except JobNotFound:
-            raise not_found(f"job '{job_id[:100]}' does not exist") from None
-        raise not_found(f"job '{job_id[:100]}' has no step {step} attempt {attempt}")
-    item, acknowledged, etag = issued
-    if not verify(item, token, s.callback_signing_key):
-        raise ApiError(403, "InvalidToken", "the work item token does not verify")
+    item, acknowledged = _reported_item(values, job_id), False
+    if item is None or not verify(item, token, s.callback_signing_key):
+        issued = services.issued.get(job_id, step, attempt)
+        if issued is None:  # the job row is read only to say which of the two is missing
+            try:
+                services.jobs.get(job_id)
+            except JobNotFound:
+                raise not_found(f"job '{job_id[:100]}' does not exist") from None
+            raise not_found(f"job '{job_id[:100]}' has no step {step} attempt {attempt}")
+        item, acknowledged, _etag = issued
+        if not verify(item, token, s.callback_signing_key):
+            raise ApiError(403, "InvalidToken", "the work item token does not verify")
     claim = services.claims.get(job_id, item.step_key)
     if claim is not None and claim.state == WITHDRAWN:
         raise ApiError(409, "JobCancelled", f"job '{job_id[:100]}' was cancelled; the work "
@@ -155,14 +160,24 @@ def check_done(services: Services, vm: str, job_id: str, body: bytes,
     payload: StepResult = {"status": status, "vm": vm, "exitCode": exit_code,
                            "error": error[-MAX_ERROR_CHARS:], "output": output, **numbers}
     return DoneEvent(item.instance_id, done_event_name(step, attempt), payload, acknowledged,
-                     job_id, step, attempt, etag, item.action)
+                     job_id, step, attempt, item.action)
+
+
+def _reported_item(values: dict[str, Any], job_id: str) -> WorkItem | None:
+    """The work item as the report restates it, or None when it does not (older agents):
+    only issue_work_item can have signed these fields, so a token that verifies proves
+    the attempt was issued without reading its row."""
+    if not (values["instanceId"] and values["blob"] and values["action"]):
+        return None
+    return WorkItem(job_id=job_id, instance_id=values["instanceId"], step=values["step"],
+                    action=values["action"], blob=values["blob"], attempt=values["attempt"])
 
 
 def acknowledge(services: Services, event: DoneEvent, vm: str) -> str | None:
     """Take the right to raise this attempt's event, BEFORE raising it: an ETag-guarded write,
     so of concurrent or retried callbacks exactly one raises, and a retry after a failure past
     this point is a repeat. The row's new ETag, or None when another request took it first."""
-    return services.issued.acknowledge(event.job_id, event.step, event.attempt, event.etag, vm)
+    return services.issued.acknowledge(event.job_id, event.step, event.attempt, vm)
 
 
 def withdraw(services: Services, event: DoneEvent, etag: str) -> None:

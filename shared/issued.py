@@ -1,21 +1,26 @@
 """Issued work items, kept beside their job row (`tblresult`, RowKey `item-STEP-ATTEMPT`).
 
 The done callback must rebuild exactly the work item the app issued to verify its token and to
-refuse answers for attempts that were never issued; it also records the first acknowledgement
-so a repeated callback is a no-op.
+refuse answers for attempts that were never issued (an agent that sends the item's fields with
+its report spares the read: the token proves them); the first acknowledgement of an attempt is
+an insert of its row `ack-STEP-ATTEMPT`, so a repeated callback is a no-op.
 """
 from __future__ import annotations
 
+from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient
 
 from shared.clock import utcnow
-from shared.conditional import update_if_unchanged
 from shared.workitem import WorkItem
 
 
 def _row_key(step: int, attempt: int) -> str:
     return f"item-{step:03d}-{attempt:03d}"
+
+
+def _ack_key(step: int, attempt: int) -> str:
+    return f"ack-{step:03d}-{attempt:03d}"  # outside the item- range that step_keys reads
 
 
 class IssuedItems:
@@ -43,25 +48,23 @@ class IssuedItems:
                         action=row["action"], blob=row["blob"], attempt=row["attempt"])
         return item, bool(row.get("ackedAt")), row.metadata["etag"]
 
-    def acknowledge(self, job_id: str, step: int, attempt: int, etag: str, vm: str
-                    ) -> str | None:
-        """Mark the first accepted callback; the row's new ETag, or None if another request
-        acknowledged first."""
+    def acknowledge(self, job_id: str, step: int, attempt: int, vm: str) -> str | None:
+        """Record the first accepted callback of an attempt (an insert, so of concurrent or
+        repeated ones exactly one succeeds); its row's ETag, or None if another came first."""
         try:
-            meta = update_if_unchanged(self.table, {"PartitionKey": job_id,
-                                                    "RowKey": _row_key(step, attempt),
-                                                    "ackedAt": utcnow(), "ackedBy": vm}, etag)
-        except ResourceModifiedError:
+            meta = self.table.create_entity({"PartitionKey": job_id,
+                                             "RowKey": _ack_key(step, attempt),
+                                             "ackedAt": utcnow(), "ackedBy": vm})
+        except ResourceExistsError:
             return None
         return meta["etag"]
 
     def withdraw(self, job_id: str, step: int, attempt: int, etag: str) -> bool:
         """Undo an acknowledgement whose event could not be raised, so a retry raises it."""
         try:
-            update_if_unchanged(self.table, {"PartitionKey": job_id,
-                                             "RowKey": _row_key(step, attempt),
-                                             "ackedAt": "", "ackedBy": ""}, etag)
-        except ResourceModifiedError:
+            self.table.delete_entity(job_id, _ack_key(step, attempt), etag=etag,
+                                     match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
             return False
         return True
 

@@ -42,7 +42,8 @@ def test_files_are_processed_and_acknowledged(wait, agent_env, run_agent, work, 
         assert body["output"] == f"{settings.results_container}/{out_name}"
         assert body | {"durationMs": 0} == {
             "step": 0, "attempt": 1, "token": item.token, "action": "process",
-            "status": "succeeded", "exitCode": 0, "error": None, "output": body["output"],
+            "instanceId": item.instance_id, "blob": item.blob, "status": "succeeded",
+            "exitCode": 0, "error": None, "output": body["output"],
             "bytesIn": len(f'{{"n": {i}}}'), "bytesOut": len(f'{{"n": {i}}}'),
             "durationMs": 0}
         assert isinstance(body["durationMs"], int) and body["durationMs"] >= 0

@@ -55,7 +55,33 @@ def test_genuine_report_is_accepted_once(services: Services) -> None:
     assert event.payload["bytesOut"] == 7 and event.payload["vm"] == "vm01"
     assert acknowledge(services, event, "vm01")
     again = check(services, "vm01", "job-1", _body(item.token), {})
-    assert again.repeat is True
+    assert acknowledge(services, again, "vm01") is None  # a repeat: nothing to raise
+
+
+def _full_body(item: WorkItem, token: str | None = None, **extra: object) -> bytes:
+    """A report from an agent that restates the work item (instance, action, blob)."""
+    fields = {"instanceId": item.instance_id, "action": item.action, "blob": item.blob}
+    return _body(token or item.token, **{**fields, **extra})
+
+
+def test_a_report_restating_its_item_is_proven_by_the_token_alone(
+        services: Services, settings: Settings, proxy) -> None:
+    item = _item(services)
+    services.claims.claim(item, "vm01")
+    proxied = Services(settings, StorageConnection("AzureWebJobsStorage",
+                                                   connection_string=proxy.connection_string))
+    proxy.clear()
+    event = check(proxied, "vm01", "job-1", _full_body(item), {})
+    reads = [s.path.rsplit("/", 1)[-1] for s in proxy.requests() if s.method == "GET"]
+    assert reads == [f"{settings.claim_table}(PartitionKey='job-1',RowKey='000-001')"]
+    assert (event.instance_id, event.event_name, event.repeat) == ("job-1", "done-0-1", False)
+    assert acknowledge(services, event, "vm01") and acknowledge(services, event, "vm01") is None
+    # Restated fields the token was not issued for: read the item, and the token decides.
+    with pytest.raises(ApiError) as err:
+        check(services, "vm01", "job-1", _full_body(item, "0" * 64), {})
+    assert err.value.code == "InvalidToken"
+    moved = check(services, "vm01", "job-1", _full_body(item, blob="data/other.json"), {})
+    assert moved.instance_id == "job-1"  # the issued item's own fields, proven by its token
 
 
 def test_only_one_of_two_racing_reports_may_raise_and_a_withdrawn_one_may_again(
@@ -66,7 +92,7 @@ def test_only_one_of_two_racing_reports_may_raise_and_a_withdrawn_one_may_again(
     second = check(services, "vm01", "job-1", _body(item.token), {})  # read before either acks
     assert not first.repeat and not second.repeat
     etag = acknowledge(services, first, "vm01")
-    assert etag and acknowledge(services, second, "vm01") is None  # the ETag guard refuses it
+    assert etag and acknowledge(services, second, "vm01") is None  # the insert refuses it
     withdraw(services, first, etag)  # raising failed: a retry must be able to raise
     retry = check(services, "vm01", "job-1", _body(item.token), {})
     assert retry.repeat is False and acknowledge(services, retry, "vm01")
@@ -90,8 +116,9 @@ def test_bad_reports_are_refused(services: Services, vm: str, job: str, body: by
     with pytest.raises(ApiError) as err:
         check(services, vm, job, body if body is not None else _body(item.token), {})
     assert (err.value.status, err.value.code) == (status, code)
-    # nothing changed: the issued item is not acknowledged
+    # nothing changed: the attempt is not acknowledged
     assert services.issued.get("job-1", 0, 1)[1] is False
+    assert list(services.issued.table.query_entities("RowKey eq 'ack-000-001'")) == []
 
 
 def test_worker_outside_the_pool_is_proven_by_token_and_claim(services: Services,
