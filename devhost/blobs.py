@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -191,7 +192,14 @@ class BlobTrigger:
 
 
 class BlobPoller:
-    """The LogsAndContainerScan source: scans the container every `interval` seconds."""
+    """The LogsAndContainerScan source: scans the container every `interval` seconds, or
+    less often while listing it is slow (see `pause`)."""
+
+    # A scan lists the whole container, so its cost grows with what waits there: the pause
+    # after a scan is at least this many times its listing, keeping listings to a fifth of
+    # the poller's time however full the container gets (a short interval and thousands of
+    # waiting blobs would otherwise spend the host's CPU on parsing the same names again).
+    LIST_PAUSE_FACTOR = 4.0
 
     def __init__(self, trigger: BlobTrigger, interval: float, stop: asyncio.Event,
                  concurrency: int = 16) -> None:
@@ -204,6 +212,7 @@ class BlobPoller:
         self.concurrency = max(1, concurrency)
         self._cursor: datetime | None = None
         self._cursor_loaded = False
+        self.last_list_seconds = 0.0
 
     def _load_cursor(self) -> datetime | None:
         client = self.trigger.invoker.storage.blob_service(None).get_blob_client(
@@ -239,7 +248,9 @@ class BlobPoller:
         if not self._cursor_loaded:  # this poller is the cursor's only writer: read it once
             self._cursor, self._cursor_loaded = await io(self._load_cursor), True
         cursor = self._cursor
+        started = time.monotonic()
         items = await io(self._list)
+        self.last_list_seconds = time.monotonic() - started
         # Listing times have whole seconds, so the blobs of the cursor's own second are listed
         # again by every scan until it moves on; those known done are not asked about again.
         done = self.trigger.completed
@@ -277,9 +288,13 @@ class BlobPoller:
             except Exception as exc:  # noqa: BLE001 - a storage hiccup must not end the poller
                 log.warning("blob scan for %s failed: %s", self.trigger.spec.name, exc)
             try:
-                await asyncio.wait_for(self.stop.wait(), self.interval)
+                await asyncio.wait_for(self.stop.wait(), self.pause())
             except asyncio.TimeoutError:
                 pass
+
+    def pause(self) -> float:
+        """Seconds until the next scan: the interval, or more after a slow listing."""
+        return max(self.interval, self.LIST_PAUSE_FACTOR * self.last_list_seconds)
 
 
 def _blob_names(url: str) -> tuple[str, str] | None:

@@ -60,6 +60,20 @@ def test_polled_blob_fires_once_and_again_on_overwrite(apps: Path, blob_env: dic
     assert len(fires(blob_env, "polled/")) == 2
 
 
+def test_a_slow_listing_spaces_the_scans_out(apps: Path, blob_env: dict[str, str]) -> None:
+    incoming = container(blob_env, "IN_CONTAINER")
+    for i in range(20):
+        incoming.upload_blob(f"ignored/{i}.txt", b"x")
+    with running_host(apps / "blob_app", blob_env) as threaded:
+        poller = threaded.host.blob_pollers[0]
+        threaded.call(poller.scan_once())
+        assert poller.last_list_seconds > 0  # every scan times its listing
+        assert poller.pause() == max(poller.interval,
+                                     poller.LIST_PAUSE_FACTOR * poller.last_list_seconds)
+        poller.last_list_seconds = poller.interval  # listing as long as the interval itself
+        assert poller.pause() == poller.LIST_PAUSE_FACTOR * poller.interval
+
+
 def test_restart_does_not_fire_handled_blobs_again(apps: Path, blob_env: dict[str, str],
                                                    eventually: Callable[..., Any]) -> None:
     incoming = container(blob_env, "IN_CONTAINER")
