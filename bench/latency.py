@@ -136,6 +136,8 @@ class AccessLog:
         name = first.split("(", 1)[0]
         if name == "Tables":  # create/delete/query of tables themselves
             return "table", "(tables)"
+        if name == "$batch":  # an entity-group transaction (the table service's only batch)
+            return "table", "$batch"
         if name not in self._tables and first not in self._queues \
                 and first not in self._containers:
             tables, queues = self._names()
