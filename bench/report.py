@@ -102,10 +102,12 @@ def render() -> str:
         parts += spot_table(json.loads((RESULTS / "spot.json").read_text()))
     if (RESULTS / "latency.json").exists():
         parts += latency_table(json.loads((RESULTS / "latency.json").read_text()))
-    if (RESULTS / "latency_before.json").exists():
-        parts += latency_table(json.loads((RESULTS / "latency_before.json").read_text()),
-                               "Control-plane throughput before the hot-path work",
-                               "latency_before.json")
+    for name, title in (("latency_first_round.json",
+                         "Control-plane throughput after the first round of hot-path work"),
+                        ("latency_before.json",
+                         "Control-plane throughput before the hot-path work")):
+        if (RESULTS / name).exists():
+            parts += latency_table(json.loads((RESULTS / name).read_text()), title, name)
     if (RESULTS / "twin.json").exists():
         parts += twin_table(json.loads((RESULTS / "twin.json").read_text()))
     for title, name in (("Agent throughput", "agent_throughput.txt"),
