@@ -32,7 +32,7 @@ from shared.jobs import JobNotFound
 from shared.naming import BlobNameError, check_blob_name
 from shared.pool.registry import UnknownVm, VmPriority, VmRecord
 from shared.services import Services
-from shared.workitem import WorkItem, verify
+from shared.workitem import WorkItem, WorkItemError, verify
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 8000
@@ -169,8 +169,14 @@ def _reported_item(values: dict[str, Any], job_id: str) -> WorkItem | None:
     the attempt was issued without reading its row."""
     if not (values["instanceId"] and values["blob"] and values["action"]):
         return None
-    return WorkItem(job_id=job_id, instance_id=values["instanceId"], step=values["step"],
-                    action=values["action"], blob=values["blob"], attempt=values["attempt"])
+    try:
+        item = WorkItem.from_dict({"jobId": job_id, "instanceId": values["instanceId"],
+                                   "step": values["step"], "action": values["action"],
+                                   "blob": values["blob"], "attempt": values["attempt"]})
+        item.signing_payload()  # a lone surrogate in a field cannot be signed
+    except (WorkItemError, UnicodeEncodeError):
+        return None  # not a work item we could have issued: the read decides
+    return item
 
 
 def acknowledge(services: Services, event: DoneEvent, vm: str) -> str | None:

@@ -102,4 +102,5 @@ def sign(item: WorkItem, key: str) -> str:
 
 def verify(item: WorkItem, token: str, key: str) -> bool:
     """Constant-time check that `token` was issued for exactly this work item."""
-    return bool(token) and hmac.compare_digest(sign(item, key), token)
+    # compare_digest refuses non-ASCII text (TypeError): such a token was never issued.
+    return bool(token) and token.isascii() and hmac.compare_digest(sign(item, key), token)

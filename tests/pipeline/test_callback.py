@@ -82,6 +82,18 @@ def test_a_report_restating_its_item_is_proven_by_the_token_alone(
     assert err.value.code == "InvalidToken"
     moved = check(services, "vm01", "job-1", _full_body(item, blob="data/other.json"), {})
     assert moved.instance_id == "job-1"  # the issued item's own fields, proven by its token
+    # Fields no work item could hold (a bad id, blob or action): the issued item is read and
+    # the token decides; a token no key made (non-ASCII too) is refused, never a crash.
+    for odd in ({"blob": "no-container"}, {"instanceId": "not an id"}, {"action": "a b"}):
+        assert check(services, "vm01", "job-1", _full_body(item, **odd), {}).instance_id == \
+            "job-1"
+        with pytest.raises(ApiError) as err:
+            check(services, "vm01", "job-1", _full_body(item, "0" * 64, **odd), {})
+        assert err.value.code == "InvalidToken"
+    for token in ("tökén", "0" * 63 + "é"):
+        with pytest.raises(ApiError) as err:
+            check(services, "vm01", "job-1", _full_body(item, token), {})
+        assert err.value.code == "InvalidToken"
 
 
 def test_only_one_of_two_racing_reports_may_raise_and_a_withdrawn_one_may_again(
